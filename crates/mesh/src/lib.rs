@@ -1,0 +1,8 @@
+//! The Atmosphere mesh: membership, gossip, failure detection and the gradient table as sans-I/O
+//! cores, plus the transports, discovery and the async driver that runs them.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod detector;
+pub mod gradient;
+pub mod links;
+pub mod membership;

@@ -1,0 +1,132 @@
+//! The typed values a node publishes about itself in gossip, and the keys they live under.
+//!
+//! A node's gossiped state is a map from key to opaque, versioned bytes (see [`crate::gossip`]), so
+//! that nodes relay keys they do not understand. The typed views below are what this version
+//! of Atmosphere reads and writes under the well-known keys.
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+use crate::id::NodeId;
+
+/// A well-known key in a node's gossiped state and the type stored under it.
+pub trait RecordKey {
+    const KEY: &'static str;
+    type Value: Serialize + DeserializeOwned;
+}
+
+/// Encodes a typed record value into the bytes gossip carries.
+pub fn encode_value<K: RecordKey>(value: &K::Value) -> Vec<u8> {
+    // postcard into a Vec cannot fail for our plain data types.
+    postcard::to_allocvec(value).unwrap_or_default()
+}
+
+/// Decodes the bytes gossip carried for key `K`; `None` when they do not parse.
+pub fn decode_value<K: RecordKey>(bytes: &[u8]) -> Option<K::Value> {
+    postcard::from_bytes(bytes).ok()
+}
+
+/// The node's human name ("Mac-Studio").
+#[derive(Debug)]
+pub struct NameKey;
+impl RecordKey for NameKey {
+    const KEY: &'static str = "name";
+    type Value = String;
+}
+
+/// The socket addresses the node's QUIC endpoint accepts connections on.
+#[derive(Debug)]
+pub struct AddrsKey;
+impl RecordKey for AddrsKey {
+    const KEY: &'static str = "addrs";
+    type Value = Vec<SocketAddr>;
+}
+
+/// What the node offers.
+#[derive(Debug)]
+pub struct CapabilitiesKey;
+impl RecordKey for CapabilitiesKey {
+    const KEY: &'static str = "caps";
+    type Value = Vec<Capability>;
+}
+
+/// How busy the node is.
+#[derive(Debug)]
+pub struct LoadKey;
+impl RecordKey for LoadKey {
+    const KEY: &'static str = "load";
+    type Value = Load;
+}
+
+/// The peers the node currently reaches directly, with measured round-trip times: the edges of the
+/// graph the gradient table routes over.
+#[derive(Debug)]
+pub struct LinksKey;
+impl RecordKey for LinksKey {
+    const KEY: &'static str = "links";
+    type Value = Vec<Link>;
+}
+
+/// Present (true) once the node has announced an orderly leave.
+#[derive(Debug)]
+pub struct LeftKey;
+impl RecordKey for LeftKey {
+    const KEY: &'static str = "left";
+    type Value = bool;
+}
+
+/// One thing a node can do: `name` is the routing class ("llm", "vision", "matter", "rag"),
+/// `detail` a short qualifier shown to people ("7B", "garage_cam").
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Capability {
+    pub name: String,
+    pub detail: Option<String>,
+}
+
+impl Capability {
+    pub fn new(name: impl Into<String>, detail: Option<String>) -> Self {
+        Self {
+            name: name.into(),
+            detail,
+        }
+    }
+}
+
+impl std::fmt::Display for Capability {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.detail {
+            Some(detail) => write!(f, "{}/{}", self.name, detail),
+            None => f.write_str(&self.name),
+        }
+    }
+}
+
+impl std::str::FromStr for Capability {
+    type Err = std::convert::Infallible;
+
+    /// `llm/7B` → name `llm`, detail `7B`; `vision` → no detail.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Ok(match text.split_once('/') {
+            Some((name, detail)) => Self::new(name.trim(), Some(detail.trim().to_owned())),
+            None => Self::new(text.trim(), None),
+        })
+    }
+}
+
+/// A node's load, published every few seconds when it changes noticeably.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Load {
+    /// Requests being served right now.
+    pub inflight: u32,
+    /// One-minute load average per core, in thousandths (1000 = every core busy).
+    pub cpu_milli: u32,
+}
+
+/// A direct link from the publishing node to `peer`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Link {
+    pub peer: NodeId,
+    /// Smoothed round-trip time in microseconds.
+    pub rtt_us: u32,
+}

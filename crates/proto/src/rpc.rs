@@ -1,0 +1,82 @@
+//! Requests and responses between nodes: one request per QUIC stream, one response back.
+
+use serde::{Deserialize, Serialize};
+
+use crate::gossip::GossipMsg;
+use crate::id::NodeId;
+
+/// A request from one node to a directly connected peer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// A gossip message; answered with [`Response::Gossip`].
+    Gossip(GossipMsg),
+    /// Liveness and round-trip probe; answered with [`Response::Pong`].
+    Ping { nonce: u64 },
+    /// Steering of the receiving node itself (the spec's `node disconnect` / `reconnect`).
+    Control(Control),
+    /// Work addressed to `dest`, relayed hop by hop along the gradient table.
+    Routed {
+        dest: NodeId,
+        /// Hops left before the request is dropped (loop guard).
+        ttl: u8,
+        /// Nodes the request has passed through so far, the origin first.
+        path: Vec<NodeId>,
+        body: RoutedBody,
+    },
+}
+
+/// What a routed request asks the destination to do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RoutedBody {
+    /// Reply with the same bytes: proves a route works end to end and measures it.
+    Echo { payload: Vec<u8> },
+}
+
+/// A routed request's answer from its destination.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RoutedReply {
+    Echo { payload: Vec<u8> },
+}
+
+/// Steering commands a node accepts from an admitted peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Control {
+    /// Drop every link and refuse mesh traffic until [`Control::Reconnect`]: a network failure on
+    /// purpose.
+    Disconnect,
+    /// Leave the isolated state and rejoin the mesh.
+    Reconnect,
+}
+
+/// Error classes a peer can answer with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorCode {
+    /// The request could not be decoded or is not allowed here.
+    BadRequest,
+    /// No route to the destination, or the ttl ran out.
+    Unreachable,
+    /// The receiving node is disconnected on purpose.
+    Isolated,
+    /// The receiving node failed while handling the request.
+    Internal,
+}
+
+/// The answer to a [`Request`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    /// The gossip reply (`SynAck` to a `Syn`), or nothing for `Ack` and `Push`.
+    Gossip(Option<GossipMsg>),
+    Pong {
+        nonce: u64,
+    },
+    Done,
+    Routed {
+        /// Every node the request passed through, the origin first and the destination last.
+        path: Vec<NodeId>,
+        reply: RoutedReply,
+    },
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
+}
