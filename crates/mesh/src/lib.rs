@@ -3,6 +3,15 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod detector;
+pub mod discovery;
+pub mod driver;
 pub mod gradient;
 pub mod links;
 pub mod membership;
+pub mod peer;
+pub mod transport;
+
+pub use driver::{EchoResult, Mesh, MeshConfig, MeshError, MeshStatus, NodeInfo, RouteInfo};
+pub use membership::Status;
+pub use peer::PeerAddr;
+pub mod sim;

@@ -112,6 +112,8 @@ pub struct NodeView<'a> {
     pub id: NodeId,
     pub generation: u64,
     pub heartbeat: u64,
+    /// Highest version of the node's values held here.
+    pub max_version: u64,
     pub status: Status,
     pub status_since: Instant,
     pub last_heartbeat: Instant,
@@ -446,6 +448,7 @@ fn view(id: NodeId, state: &NodeState) -> NodeView<'_> {
         id,
         generation: state.generation,
         heartbeat: state.heartbeat,
+        max_version: state.max_version,
         status: state.status,
         status_since: state.status_since,
         last_heartbeat: state.arrivals.last_arrival(),

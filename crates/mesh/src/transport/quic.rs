@@ -1,0 +1,428 @@
+//! The QUIC transport, on iroh: a node's endpoint id *is* its Ed25519 key, so every connection is
+//! mutually authenticated by the TLS handshake. Relays, n0 DNS and port mapping are off: LAN first.
+//!
+//! One connection per peer (an accepted connection is reused for calls back), one bidirectional
+//! stream per call carrying one request frame and one response frame.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use atmosphere_proto::frame::{self, HEADER_BYTES};
+use atmosphere_proto::{ErrorCode, NodeId, Request, Response};
+use iroh::endpoint::{Connection, QuicTransportConfig, RecvStream, SendStream, presets};
+use iroh::{Endpoint, EndpointAddr, RelayMode, SecretKey, TransportAddr};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, warn};
+
+use super::{Incoming, Transport, TransportError};
+
+/// The ALPN of Atmosphere's mesh protocol, version 1.
+pub const ALPN: &[u8] = b"atmosphere/mesh/1";
+
+/// Settings of the QUIC transport.
+#[derive(Debug, Clone)]
+pub struct QuicConfig {
+    pub listen: SocketAddr,
+    /// Largest frame accepted on a stream.
+    pub max_frame_bytes: usize,
+    /// Connections idle longer than this are closed (iroh's default is 30 s; we gossip every
+    /// half second, so a silent connection is a dead one).
+    pub idle_timeout: Duration,
+    pub connect_timeout: Duration,
+    /// Requests handled at once per connection; more wait for a stream.
+    pub max_streams_per_peer: u32,
+}
+
+impl QuicConfig {
+    pub fn new(listen: SocketAddr) -> Self {
+        Self {
+            listen,
+            max_frame_bytes: atmosphere_proto::MAX_FRAME_BYTES,
+            idle_timeout: Duration::from_secs(8),
+            connect_timeout: Duration::from_secs(3),
+            max_streams_per_peer: 128,
+        }
+    }
+}
+
+/// Why the QUIC endpoint could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BindError {
+    #[error("invalid listen address {addr}: {reason}")]
+    Address { addr: SocketAddr, reason: String },
+    #[error(
+        "could not bind the QUIC endpoint on {addr}: {reason} (is another node using the port?)"
+    )]
+    Bind { addr: SocketAddr, reason: String },
+}
+
+#[derive(Debug, Default)]
+struct Peers {
+    addrs: HashMap<NodeId, Vec<SocketAddr>>,
+    connections: HashMap<NodeId, Connection>,
+    /// One dial at a time per peer, so concurrent callers share a connection.
+    dialing: HashMap<NodeId, Arc<tokio::sync::Mutex<()>>>,
+}
+
+/// A node's QUIC endpoint; cheap to share (`Arc` inside).
+#[derive(Debug)]
+pub struct QuicTransport {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    id: NodeId,
+    endpoint: Endpoint,
+    config: QuicConfig,
+    peers: Mutex<Peers>,
+    incoming_tx: mpsc::Sender<Incoming>,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+}
+
+/// Converts between our wire id and iroh's key type; every 32-byte id from a live connection is
+/// a valid key, so this only fails for ids that came from elsewhere.
+pub fn endpoint_id(id: &NodeId) -> Result<iroh::EndpointId, TransportError> {
+    iroh::EndpointId::from_bytes(id.as_bytes()).map_err(|e| TransportError::Unreachable {
+        peer: id.short(),
+        reason: format!("not a valid Ed25519 key: {e}"),
+    })
+}
+
+pub fn node_id(id: &iroh::EndpointId) -> NodeId {
+    NodeId::from_bytes(*id.as_bytes())
+}
+
+impl QuicTransport {
+    /// Binds the endpoint and starts accepting connections; requests arrive on the returned
+    /// receiver.
+    pub async fn bind(
+        secret_key: SecretKey,
+        config: QuicConfig,
+    ) -> Result<(Arc<Self>, mpsc::Receiver<Incoming>), BindError> {
+        let idle = config
+            .idle_timeout
+            .try_into()
+            .map_err(|e| BindError::Address {
+                addr: config.listen,
+                reason: format!("idle timeout: {e}"),
+            })?;
+        let transport_config = QuicTransportConfig::builder()
+            .max_idle_timeout(Some(idle))
+            .max_concurrent_bidi_streams(config.max_streams_per_peer.into())
+            .build();
+        let endpoint = Endpoint::builder(presets::Minimal)
+            .secret_key(secret_key)
+            .alpns(vec![ALPN.to_vec()])
+            .relay_mode(RelayMode::Disabled)
+            .clear_ip_transports()
+            .bind_addr(config.listen)
+            .map_err(|e| BindError::Address {
+                addr: config.listen,
+                reason: e.to_string(),
+            })?
+            .transport_config(transport_config)
+            .bind()
+            .await
+            .map_err(|e| BindError::Bind {
+                addr: config.listen,
+                reason: e.to_string(),
+            })?;
+        let (incoming_tx, incoming_rx) = mpsc::channel(1024);
+        let inner = Arc::new(Inner {
+            id: node_id(&endpoint.id()),
+            endpoint,
+            config,
+            peers: Mutex::new(Peers::default()),
+            incoming_tx,
+            cancel: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+        });
+        let accepting = inner.clone();
+        inner
+            .tasks
+            .spawn(async move { accepting.accept_loop().await });
+        Ok((Arc::new(Self { inner }), incoming_rx))
+    }
+
+    /// Stops accepting, closes every connection and the endpoint.
+    pub async fn shutdown(&self) {
+        let inner = &self.inner;
+        inner.cancel.cancel();
+        inner.close_all("shutting down");
+        inner.endpoint.close().await;
+        inner.tasks.close();
+        inner.tasks.wait().await;
+    }
+}
+
+impl Inner {
+    fn peers(&self) -> MutexGuard<'_, Peers> {
+        self.peers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn accept_loop(self: Arc<Self>) {
+        loop {
+            let incoming = tokio::select! {
+                biased;
+                _ = self.cancel.cancelled() => break,
+                incoming = self.endpoint.accept() => incoming,
+            };
+            let Some(incoming) = incoming else { break };
+            let this = self.clone();
+            self.tasks.spawn(async move {
+                let connecting = match incoming.accept() {
+                    Ok(connecting) => connecting,
+                    Err(e) => return debug!("incoming connection failed: {e}"),
+                };
+                match connecting.await {
+                    Ok(connection) => {
+                        let peer = node_id(&connection.remote_id());
+                        this.adopt(peer, &connection);
+                        this.serve(peer, connection).await;
+                    }
+                    Err(e) => debug!("handshake failed: {e}"),
+                }
+            });
+        }
+    }
+
+    /// Keeps an accepted connection for calls back to its peer. When both sides dialled at once,
+    /// both keep the connection dialled by the smaller id, so they converge on one.
+    fn adopt(&self, peer: NodeId, connection: &Connection) {
+        let mut peers = self.peers();
+        let replace = match peers.connections.get(&peer) {
+            None => true,
+            Some(existing) => existing.close_reason().is_some() || peer < self.id,
+        };
+        if replace {
+            peers.connections.insert(peer, connection.clone());
+        }
+    }
+
+    /// Serves the streams of one connection until it closes.
+    async fn serve(self: Arc<Self>, peer: NodeId, connection: Connection) {
+        loop {
+            let stream = tokio::select! {
+                biased;
+                _ = self.cancel.cancelled() => break,
+                stream = connection.accept_bi() => stream,
+            };
+            let (send, recv) = match stream {
+                Ok(streams) => streams,
+                Err(e) => {
+                    debug!(peer = %peer.short(), "connection ended: {e}");
+                    break;
+                }
+            };
+            let this = self.clone();
+            self.tasks
+                .spawn(async move { this.serve_stream(peer, send, recv).await });
+        }
+        let mut peers = self.peers();
+        if peers
+            .connections
+            .get(&peer)
+            .is_some_and(|c| c.stable_id() == connection.stable_id())
+        {
+            peers.connections.remove(&peer);
+        }
+    }
+
+    async fn serve_stream(&self, peer: NodeId, mut send: SendStream, mut recv: RecvStream) {
+        let response = match read_frame::<Request>(&mut recv, self.config.max_frame_bytes).await {
+            Ok(request) => {
+                let (reply_tx, reply_rx) = oneshot::channel();
+                let incoming = Incoming {
+                    from: peer,
+                    request,
+                    reply_tx,
+                };
+                if self.incoming_tx.send(incoming).await.is_err() {
+                    return;
+                }
+                match reply_rx.await {
+                    Ok(response) => response,
+                    Err(_) => return, // the node dropped the request (shutting down)
+                }
+            }
+            Err(e) => {
+                warn!(peer = %peer.short(), "dropping bad request: {e}");
+                Response::Error {
+                    code: ErrorCode::BadRequest,
+                    message: e.to_string(),
+                }
+            }
+        };
+        if let Err(e) = write_frame(&mut send, &response, self.config.max_frame_bytes).await {
+            debug!(peer = %peer.short(), "could not answer: {e}");
+        }
+    }
+
+    async fn connection(self: &Arc<Self>, peer: NodeId) -> Result<Connection, TransportError> {
+        let lock = {
+            let mut peers = self.peers();
+            if let Some(connection) = peers.connections.get(&peer) {
+                if connection.close_reason().is_none() {
+                    return Ok(connection.clone());
+                }
+            }
+            peers.dialing.entry(peer).or_default().clone()
+        };
+        let _dialing = lock.lock().await;
+        let addrs = {
+            let peers = self.peers();
+            if let Some(connection) = peers.connections.get(&peer) {
+                if connection.close_reason().is_none() {
+                    return Ok(connection.clone());
+                }
+            }
+            peers.addrs.get(&peer).cloned().unwrap_or_default()
+        };
+        if addrs.is_empty() {
+            return Err(TransportError::NoAddress(peer.short()));
+        }
+        let addr = EndpointAddr::from_parts(
+            endpoint_id(&peer)?,
+            addrs.iter().map(|a| TransportAddr::Ip(*a)),
+        );
+        let connect = self.endpoint.connect(addr, ALPN);
+        let connection = tokio::time::timeout(self.config.connect_timeout, connect)
+            .await
+            .map_err(|_| TransportError::Timeout {
+                peer: peer.short(),
+                after: self.config.connect_timeout,
+            })?
+            .map_err(|e| TransportError::Unreachable {
+                peer: peer.short(),
+                reason: e.to_string(),
+            })?;
+        self.peers().connections.insert(peer, connection.clone());
+        // Serve the streams the peer opens on our connection too.
+        let (this, serving) = (self.clone(), connection.clone());
+        self.tasks
+            .spawn(async move { this.serve(peer, serving).await });
+        Ok(connection)
+    }
+
+    async fn call(
+        self: &Arc<Self>,
+        peer: NodeId,
+        request: &Request,
+    ) -> Result<Response, TransportError> {
+        let connection = self.connection(peer).await?;
+        let lost = |e: &dyn std::fmt::Display| TransportError::ConnectionLost {
+            peer: peer.short(),
+            reason: e.to_string(),
+        };
+        let (mut send, mut recv) = connection.open_bi().await.map_err(|e| lost(&e))?;
+        write_frame(&mut send, request, self.config.max_frame_bytes).await?;
+        read_frame::<Response>(&mut recv, self.config.max_frame_bytes).await
+    }
+
+    fn close_all(&self, reason: &str) {
+        let connections: Vec<Connection> =
+            self.peers().connections.drain().map(|(_, c)| c).collect();
+        for connection in connections {
+            connection.close(0u32.into(), reason.as_bytes());
+        }
+    }
+}
+
+impl Transport for QuicTransport {
+    fn local_id(&self) -> NodeId {
+        self.inner.id
+    }
+
+    fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.inner.endpoint.bound_sockets()
+    }
+
+    async fn call(
+        &self,
+        peer: NodeId,
+        request: &Request,
+        timeout: Duration,
+    ) -> Result<Response, TransportError> {
+        if peer == self.inner.id {
+            return Err(TransportError::Unreachable {
+                peer: peer.short(),
+                reason: "a node does not call itself over the network".into(),
+            });
+        }
+        let result = tokio::time::timeout(timeout, self.inner.call(peer, request))
+            .await
+            .map_err(|_| TransportError::Timeout {
+                peer: peer.short(),
+                after: timeout,
+            })?;
+        if let Err(TransportError::ConnectionLost { .. } | TransportError::Timeout { .. }) = &result
+        {
+            // Do not keep a connection that just failed us: the next call dials afresh.
+            self.close_peer(peer, "call failed");
+        }
+        result
+    }
+
+    fn add_peer_addrs(&self, peer: NodeId, addrs: &[SocketAddr]) {
+        if peer == self.inner.id || addrs.is_empty() {
+            return;
+        }
+        let mut peers = self.inner.peers();
+        let known = peers.addrs.entry(peer).or_default();
+        for addr in addrs {
+            if !known.contains(addr) {
+                known.push(*addr);
+            }
+        }
+    }
+
+    fn close_all(&self, reason: &str) {
+        self.inner.close_all(reason);
+    }
+
+    fn close_peer(&self, peer: NodeId, reason: &str) {
+        if let Some(connection) = self.inner.peers().connections.remove(&peer) {
+            connection.close(0u32.into(), reason.as_bytes());
+        }
+    }
+}
+
+/// Reads one frame from a stream: length prefix first, checked against the cap before the body
+/// is read, so a hostile peer cannot make us allocate.
+async fn read_frame<T: serde::de::DeserializeOwned>(
+    recv: &mut RecvStream,
+    max: usize,
+) -> Result<T, TransportError> {
+    let lost = |e: &dyn std::fmt::Display| TransportError::ConnectionLost {
+        peer: String::new(),
+        reason: e.to_string(),
+    };
+    let mut header = [0u8; HEADER_BYTES];
+    recv.read_exact(&mut header).await.map_err(|e| lost(&e))?;
+    let len = frame::body_len(header, max)?;
+    let mut body = vec![0u8; len];
+    recv.read_exact(&mut body).await.map_err(|e| lost(&e))?;
+    Ok(frame::decode_body(&body)?)
+}
+
+async fn write_frame<T: serde::Serialize>(
+    send: &mut SendStream,
+    message: &T,
+    max: usize,
+) -> Result<(), TransportError> {
+    let bytes = frame::encode(message, max)?;
+    let lost = |e: &dyn std::fmt::Display| TransportError::ConnectionLost {
+        peer: String::new(),
+        reason: e.to_string(),
+    };
+    send.write_all(&bytes).await.map_err(|e| lost(&e))?;
+    send.finish().map_err(|e| lost(&e))?;
+    Ok(())
+}
