@@ -1,1 +1,256 @@
-fn main() {}
+//! `atmosphere`: run a node, and inspect and steer the mesh through the local node's HTTP API.
+
+mod client;
+mod demo;
+mod render;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use atmosphere_node::NodeConfig;
+use clap::{Args, Parser, Subcommand};
+
+use crate::client::Client;
+
+/// Atmosphere, the Internet of Intent: a mesh of home and edge machines that routes what people
+/// ask for to the node able to do it.
+#[derive(Debug, Parser)]
+#[command(name = "atmosphere", version, propagate_version = true)]
+struct Cli {
+    /// API address of the local node the command talks to.
+    #[arg(long, global = true, env = "ATMOSPHERE_API", default_value = "127.0.0.1:7070")]
+    api: SocketAddr,
+    /// Print machine-readable JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a node in the foreground until Ctrl-C or SIGTERM (announces its leave first).
+    ///
+    /// On start it prints one JSON line on stdout: {"event":"ready","id":..,"api":..,"quic":[..]}.
+    Serve(ServeArgs),
+    /// Look at the mesh.
+    #[command(subcommand)]
+    Mesh(MeshCommand),
+    /// Steer nodes.
+    #[command(subcommand)]
+    Node(NodeCommand),
+    /// Configuration help.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Start a three-node home mesh on this machine (Mac-Studio, Dell-Server, Garage-Pi), wait for
+    /// it to converge over mDNS and show its status.
+    Demo(demo::DemoArgs),
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// TOML config file (see `atmosphere config example`).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Node name in the mesh.
+    #[arg(long)]
+    name: Option<String>,
+    /// Directory for identity and state.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// QUIC listen address, e.g. 0.0.0.0:7400.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// HTTP API listen address (serve's own; not the global --api of client commands).
+    #[arg(long = "api-listen")]
+    api_listen: Option<SocketAddr>,
+    /// Bootstrap peer NODE_ID@IP:PORT (repeatable).
+    #[arg(long = "bootstrap")]
+    bootstrap: Vec<String>,
+    /// mDNS discovery: auto, lan, loopback or off.
+    #[arg(long)]
+    discovery: Option<String>,
+    /// Mesh name (nodes of other meshes are ignored).
+    #[arg(long)]
+    mesh: Option<String>,
+    /// Capability to declare, NAME or NAME/DETAIL (repeatable).
+    #[arg(long = "capability")]
+    capabilities: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum MeshCommand {
+    /// Nodes, their health and capabilities (the spec's demo step 1).
+    Status,
+    /// Other nodes with address, health, hops and load.
+    Peers,
+    /// The gradient table: capability → provider, next hop, hops, cost.
+    Routes,
+    /// Send an echo to a node along the gradient table and show the path.
+    Ping {
+        /// Node name, id, or id prefix.
+        node: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum NodeCommand {
+    /// This node's id and the bootstrap line peers can use to reach it.
+    Id,
+    /// Make a node drop all its links, as if its network failed (the spec's step 7).
+    Disconnect {
+        /// Node name, id, or id prefix.
+        node: String,
+    },
+    /// Bring a disconnected node back (the spec's step 9).
+    Reconnect {
+        /// Node name, id, or id prefix.
+        node: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Print an annotated example config file.
+    Example,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // iroh builds reqwest with rustls but no crypto provider; ours is ring (no C toolchain needed).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> Result<()> {
+    let client = Client::new(cli.api)?;
+    let json = cli.json;
+    match cli.command {
+        Command::Serve(args) => serve(args).await,
+        Command::Mesh(MeshCommand::Status) => {
+            let status = client.status().await?;
+            render::output(json, &status, render::status)
+        }
+        Command::Mesh(MeshCommand::Peers) => {
+            let peers = client.peers().await?;
+            render::output(json, &peers, render::peers)
+        }
+        Command::Mesh(MeshCommand::Routes) => {
+            let routes = client.routes().await?;
+            render::output(json, &routes, render::routes)
+        }
+        Command::Mesh(MeshCommand::Ping { node }) => {
+            let result = client.ping(&node).await?;
+            render::output(json, &result, render::ping)
+        }
+        Command::Node(NodeCommand::Id) => {
+            let identity = client.identity().await?;
+            render::output(json, &identity, render::identity)
+        }
+        Command::Node(NodeCommand::Disconnect { node }) => {
+            let result = client.control("disconnect", &node).await?;
+            render::output(json, &result, render::control)
+        }
+        Command::Node(NodeCommand::Reconnect { node }) => {
+            let result = client.control("reconnect", &node).await?;
+            render::output(json, &result, render::control)
+        }
+        Command::Config(ConfigCommand::Example) => {
+            print!("{}", atmosphere_node::config::EXAMPLE);
+            Ok(())
+        }
+        Command::Demo(args) => demo::run(args, json).await,
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ATMOSPHERE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,iroh=warn,noq=warn,mdns_sd=warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+async fn serve(args: ServeArgs) -> Result<()> {
+    init_logging();
+    let mut config = match &args.config {
+        Some(path) => NodeConfig::load(path)?,
+        None => NodeConfig::default(),
+    };
+    if let Some(name) = args.name {
+        config.name = name;
+    }
+    if let Some(dir) = args.data_dir {
+        config.data_dir = dir;
+    }
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if let Some(api) = args.api_listen {
+        config.api = api;
+    }
+    if !args.bootstrap.is_empty() {
+        config.bootstrap = args.bootstrap;
+    }
+    if let Some(discovery) = args.discovery {
+        config.discovery = discovery;
+    }
+    if let Some(mesh) = args.mesh {
+        config.mesh = mesh;
+    }
+    if !args.capabilities.is_empty() {
+        config.capabilities = args.capabilities;
+    }
+    atmosphere_node::run(config, shutdown_signal(), |ready| {
+        let line = serde_json::json!({
+            "event": "ready",
+            "id": ready.id,
+            "name": ready.name,
+            "generation": ready.generation,
+            "quic": ready.quic,
+            "api": ready.api,
+            "data_dir": ready.data_dir,
+        });
+        println!("{line}");
+    })
+    .await
+    .context("the node stopped with an error")
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

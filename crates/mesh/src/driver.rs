@@ -820,7 +820,11 @@ impl<T: Transport> Actor<T> {
                     capabilities: n.get::<CapabilitiesKey>().unwrap_or_default(),
                     load: n.get::<LoadKey>().unwrap_or_default(),
                     phi: finite(self.membership.phi(&n.id, now)),
-                    last_heartbeat_ms: millis(now.saturating_duration_since(n.last_heartbeat)),
+                    last_heartbeat_ms: if n.id == self_id {
+                        0
+                    } else {
+                        millis(now.saturating_duration_since(n.last_heartbeat))
+                    },
                     status_age_ms: millis(now.saturating_duration_since(n.status_since)),
                     hops: hop.map(|(_, hops)| hops),
                     next_hop: hop.map(|(next, _)| next),

@@ -1,1 +1,12 @@
-//! placeholder
+//! The Atmosphere node daemon: configuration, identity, durable state, the mesh and the HTTP API,
+//! wired together. `atmosphere serve` is a thin wrapper over [`daemon::run`].
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod api;
+pub mod config;
+pub mod daemon;
+pub mod identity;
+pub mod store;
+
+pub use config::NodeConfig;
+pub use daemon::{NodeError, run};

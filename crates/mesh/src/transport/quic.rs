@@ -340,8 +340,10 @@ impl Transport for QuicTransport {
         self.inner.id
     }
 
+    /// The bound sockets, with a wildcard bind (0.0.0.0 / ::) expanded to the addresses of the
+    /// machine's non-loopback interfaces: what a peer can actually dial.
     fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.inner.endpoint.bound_sockets()
+        expand_wildcards(&self.inner.endpoint.bound_sockets())
     }
 
     async fn call(
@@ -425,4 +427,24 @@ async fn write_frame<T: serde::Serialize>(
     send.write_all(&bytes).await.map_err(|e| lost(&e))?;
     send.finish().map_err(|e| lost(&e))?;
     Ok(())
+}
+
+fn expand_wildcards(bound: &[SocketAddr]) -> Vec<SocketAddr> {
+    let interfaces = if_addrs::get_if_addrs().unwrap_or_default();
+    let mut out = Vec::new();
+    for addr in bound {
+        if !addr.ip().is_unspecified() {
+            out.push(*addr);
+            continue;
+        }
+        for interface in interfaces.iter().filter(|i| !i.is_loopback()) {
+            let ip = interface.ip();
+            if ip.is_ipv4() == addr.is_ipv4() && !matches!(ip, std::net::IpAddr::V6(v6) if v6.is_unicast_link_local()) {
+                out.push(SocketAddr::new(ip, addr.port()));
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
 }

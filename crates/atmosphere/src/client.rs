@@ -1,0 +1,105 @@
+//! The CLI's client for the local node's HTTP API.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow};
+use atmosphere_node::api::{ControlResult, ErrorBody, NodeIdentity, NodeRequest, PingResult};
+use atmosphere_node::daemon::Ready;
+use serde::de::DeserializeOwned;
+
+pub use atmosphere_mesh::{MeshStatus, NodeInfo, RouteInfo};
+
+/// Talks to one node's API.
+#[derive(Debug, Clone)]
+pub struct Client {
+    base: String,
+    api: SocketAddr,
+    http: reqwest::Client,
+}
+
+impl Client {
+    pub fn new(api: SocketAddr) -> Result<Self> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .context("cannot build the HTTP client")?;
+        Ok(Self {
+            base: format!("http://{api}"),
+            api,
+            http,
+        })
+    }
+
+    pub fn for_ready(ready: &Ready) -> Result<Self> {
+        Self::new(ready.api)
+    }
+
+    async fn decode<T: DeserializeOwned>(&self, response: reqwest::Response) -> Result<T> {
+        let status = response.status();
+        let bytes = response.bytes().await.context("reading the node's answer")?;
+        if status.is_success() {
+            return serde_json::from_slice(&bytes).context("the node's answer is not what this CLI expects (version mismatch?)");
+        }
+        match serde_json::from_slice::<ErrorBody>(&bytes) {
+            Ok(body) => Err(anyhow!("{} ({})", body.message, body.error)),
+            Err(_) => Err(anyhow!("the node answered HTTP {status}")),
+        }
+    }
+
+    fn unreachable(&self, error: reqwest::Error) -> anyhow::Error {
+        anyhow!(
+            "cannot reach a node API at {}: {error}\n  start one with `atmosphere serve` (or `atmosphere demo --keep-running`), \
+             or point at another with --api / ATMOSPHERE_API",
+            self.api
+        )
+    }
+
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        self.decode(response).await
+    }
+
+    async fn post<T: DeserializeOwned>(&self, path: &str, body: &impl serde::Serialize) -> Result<T> {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        self.decode(response).await
+    }
+
+    pub async fn status(&self) -> Result<MeshStatus> {
+        self.get("/v1/mesh/status").await
+    }
+
+    pub async fn peers(&self) -> Result<Vec<NodeInfo>> {
+        self.get("/v1/mesh/peers").await
+    }
+
+    pub async fn routes(&self) -> Result<Vec<RouteInfo>> {
+        self.get("/v1/mesh/routes").await
+    }
+
+    pub async fn identity(&self) -> Result<NodeIdentity> {
+        self.get("/v1/node").await
+    }
+
+    pub async fn ping(&self, node: &str) -> Result<PingResult> {
+        self.post("/v1/mesh/ping", &NodeRequest { node: node.into() })
+            .await
+    }
+
+    pub async fn control(&self, action: &str, node: &str) -> Result<ControlResult> {
+        self.post(&format!("/v1/node/{action}"), &NodeRequest { node: node.into() })
+            .await
+    }
+}
+

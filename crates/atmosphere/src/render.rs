@@ -1,0 +1,193 @@
+//! Text rendering of the CLI's answers (`--json` prints the same data as JSON).
+
+use std::fmt::Write;
+
+use anyhow::Result;
+use atmosphere_mesh::{MeshStatus, NodeInfo, RouteInfo, Status};
+use atmosphere_node::api::{ControlResult, NodeIdentity, PingResult};
+use serde::Serialize;
+
+/// Prints `value` as JSON or through `text`.
+pub fn output<T: Serialize>(json: bool, value: &T, text: fn(&T) -> String) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(value)?);
+    } else {
+        print!("{}", text(value));
+    }
+    Ok(())
+}
+
+fn status_word(status: Status) -> &'static str {
+    match status {
+        Status::Alive => "healthy",
+        Status::Down => "down",
+        Status::Left => "left",
+    }
+}
+
+/// The spec's demo step 1 layout, then a table of nodes.
+pub fn status(status: &MeshStatus) -> String {
+    let mut out = String::new();
+    // This node first, then by name.
+    let mut nodes: Vec<&NodeInfo> = status.nodes.iter().collect();
+    nodes.sort_by(|a, b| b.is_self.cmp(&a.is_self).then_with(|| a.name.cmp(&b.name)));
+    let members: Vec<&NodeInfo> = nodes
+        .iter()
+        .copied()
+        .filter(|n| n.status != Status::Left)
+        .collect();
+    let names: Vec<&str> = members.iter().map(|n| n.name.as_str()).collect();
+    let _ = writeln!(out, "Nodes: {} ({})", members.len(), names.join(", "));
+    // Capability classes in first-seen order.
+    let ordered = &members;
+    let mut classes: Vec<(String, Vec<String>)> = Vec::new();
+    for node in &ordered {
+        for capability in &node.capabilities {
+            let label = match &capability.detail {
+                Some(detail) => format!("{} ({detail})", node.name),
+                None => node.name.clone(),
+            };
+            match classes.iter_mut().find(|(name, _)| *name == capability.name) {
+                Some((_, providers)) => providers.push(label),
+                None => classes.push((capability.name.clone(), vec![label])),
+            }
+        }
+    }
+    if classes.is_empty() {
+        let _ = writeln!(out, "Capabilities: none declared");
+    } else {
+        let _ = writeln!(out, "Capabilities:");
+        for (name, providers) in &classes {
+            let _ = writeln!(out, "  - {name}: {}", providers.join(", "));
+        }
+    }
+    let unhealthy: Vec<String> = members
+        .iter()
+        .filter(|n| n.status != Status::Alive)
+        .map(|n| format!("{} {}", n.name, status_word(n.status)))
+        .collect();
+    if status.isolated {
+        let _ = writeln!(out, "Status: Disconnected (this node dropped its links; `atmosphere node reconnect {}`)", status.name);
+    } else if unhealthy.is_empty() {
+        let _ = writeln!(out, "Status: Healthy");
+    } else {
+        let _ = writeln!(out, "Status: Degraded ({})", unhealthy.join(", "));
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "  {:<14} {:<10} {:<8} {:>4} {:>9} {:>6} {:>4}",
+        "NODE", "ID", "STATUS", "HOPS", "HEARTBEAT", "PHI", "GEN"
+    );
+    for node in &nodes {
+        let hops = if node.is_self {
+            "self".to_owned()
+        } else {
+            node.hops.map_or("-".into(), |h| h.to_string())
+        };
+        let _ = writeln!(
+            out,
+            "  {:<14} {:<10} {:<8} {:>4} {:>7}ms {:>6.2} {:>4}",
+            truncate(&node.name, 14),
+            &node.id.short()[..8],
+            status_word(node.status),
+            hops,
+            node.last_heartbeat_ms,
+            node.phi.min(999.0),
+            node.generation
+        );
+    }
+    out
+}
+
+pub fn peers(peers: &Vec<NodeInfo>) -> String {
+    let mut out = String::new();
+    if peers.is_empty() {
+        return "No peers known yet. Peers are found by mDNS on the LAN or from `bootstrap` in the config.\n".into();
+    }
+    let _ = writeln!(
+        out,
+        "{:<14} {:<8} {:>4} {:>7} {:>9} ADDRESSES",
+        "NODE", "STATUS", "HOPS", "LOAD", "INFLIGHT"
+    );
+    for peer in peers {
+        let addrs: Vec<String> = peer.addrs.iter().map(ToString::to_string).collect();
+        let _ = writeln!(
+            out,
+            "{:<14} {:<8} {:>4} {:>7.2} {:>9} {}",
+            truncate(&peer.name, 14),
+            status_word(peer.status),
+            peer.hops.map_or("-".into(), |h| h.to_string()),
+            f64::from(peer.load.cpu_milli) / 1000.0,
+            peer.load.inflight,
+            addrs.join(", ")
+        );
+    }
+    out
+}
+
+pub fn routes(routes: &Vec<RouteInfo>) -> String {
+    let mut out = String::new();
+    if routes.is_empty() {
+        return "The gradient table is empty: no reachable node declares a capability.\n".into();
+    }
+    let _ = writeln!(
+        out,
+        "{:<16} {:<14} {:<10} {:>4} {:>10} {:>8}",
+        "CAPABILITY", "PROVIDER", "NEXT HOP", "HOPS", "LATENCY", "COST"
+    );
+    for route in routes {
+        let _ = writeln!(
+            out,
+            "{:<16} {:<14} {:<10} {:>4} {:>8}µs {:>8.2}",
+            truncate(&route.capability.to_string(), 16),
+            truncate(&route.provider_name, 14),
+            &route.next_hop.short()[..8],
+            route.hops,
+            route.latency_us,
+            route.cost
+        );
+    }
+    out
+}
+
+pub fn ping(result: &PingResult) -> String {
+    let path: Vec<String> = result.echo.path.iter().map(|id| id.short()).collect();
+    format!(
+        "Reached {} in {:.2} ms via {} ({} hop{})\n",
+        result.node.short(),
+        result.echo.elapsed_us as f64 / 1000.0,
+        path.join(" → "),
+        result.echo.path.len().saturating_sub(1),
+        if result.echo.path.len() == 2 { "" } else { "s" }
+    )
+}
+
+pub fn identity(identity: &NodeIdentity) -> String {
+    let mut out = format!("Node: {}\nId:   {}\n", identity.name, identity.id);
+    if !identity.peer_addrs.is_empty() {
+        out.push_str("Bootstrap lines for other nodes' configs:\n");
+        for line in &identity.peer_addrs {
+            let _ = writeln!(out, "  {line}");
+        }
+    }
+    out
+}
+
+pub fn control(result: &ControlResult) -> String {
+    match result.action.as_str() {
+        "disconnect" => format!(
+            "→ {} dropped its links; the mesh will see it down within seconds.\n",
+            result.node.short()
+        ),
+        _ => format!("→ {} is reconnecting; gossip resyncs it within a few rounds.\n", result.node.short()),
+    }
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        text.to_owned()
+    } else {
+        text.chars().take(max - 1).chain(['…']).collect()
+    }
+}

@@ -1,0 +1,202 @@
+//! `atmosphere serve`: start identity, storage, transport, discovery, mesh and API; stop them in
+//! order on shutdown (announcing the leave first).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use atmosphere_mesh::discovery::{Discovery, DiscoveryMode};
+use atmosphere_mesh::transport::Transport;
+use atmosphere_mesh::transport::quic::{QuicConfig, QuicTransport};
+use atmosphere_mesh::{Mesh, PeerAddr, Status};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::api::{ApiState, router};
+use crate::config::{ConfigError, NodeConfig};
+use crate::identity::{self, IdentityError};
+use crate::store::{Store, StoreError};
+
+/// Why the node could not run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Bind(#[from] atmosphere_mesh::transport::quic::BindError),
+    #[error(transparent)]
+    Discovery(#[from] atmosphere_mesh::discovery::DiscoveryError),
+    #[error("cannot serve the API on {addr}: {source} (is another node using the port? set `api` or --api)")]
+    Api {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// What a started node tells its caller (the CLI prints it as the `ready` line).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Ready {
+    pub id: atmosphere_proto::NodeId,
+    pub name: String,
+    pub generation: u64,
+    pub quic: Vec<SocketAddr>,
+    pub api: SocketAddr,
+    pub data_dir: std::path::PathBuf,
+}
+
+/// Runs a node until `shutdown` resolves. `on_ready` is called once everything listens.
+pub async fn run(
+    config: NodeConfig,
+    shutdown: impl Future<Output = ()>,
+    on_ready: impl FnOnce(&Ready),
+) -> Result<(), NodeError> {
+    let discovery_mode = config.discovery_mode()?;
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| IdentityError::Io {
+        action: "create",
+        path: config.data_dir.clone(),
+        source,
+    })?;
+    let (secret_key, created) = identity::load_or_create(&config.data_dir)?;
+    let store = Store::open(&config.data_dir)?;
+    let generation = store.next_generation()?;
+    let mut mesh_config = config.mesh_config(generation)?;
+    // Peers remembered from the last run help a restarted node find the mesh again.
+    for peer in store.load_peers()? {
+        if !mesh_config.bootstrap.iter().any(|p| p.id == peer.id) {
+            mesh_config.bootstrap.push(peer);
+        }
+    }
+
+    let (transport, incoming_rx) =
+        QuicTransport::bind(secret_key, QuicConfig::new(config.listen)).await?;
+    let id = transport.local_id();
+    let quic_addrs = transport.local_addrs();
+    if created {
+        info!(id = %id, "created a new node identity");
+    }
+
+    let (found_tx, found_rx) = mpsc::channel(64);
+    let port = quic_addrs.first().map_or(config.listen.port(), SocketAddr::port);
+    let ips: Vec<_> = quic_addrs.iter().map(SocketAddr::ip).collect();
+    let discovery = Discovery::start(
+        discovery_mode,
+        id,
+        &mesh_config.name,
+        port,
+        &ips,
+        &config.mesh_fingerprint(),
+        found_tx,
+    )?;
+    if discovery_mode == DiscoveryMode::Lan && config.listen.ip().is_loopback() {
+        warn!("LAN discovery with a loopback listen address: peers will not be able to connect");
+    }
+
+    let (mesh, mesh_task) = Mesh::spawn(
+        transport.clone(),
+        incoming_rx,
+        discovery.is_some().then_some(found_rx),
+        mesh_config.clone(),
+    );
+
+    let listener = TcpListener::bind(config.api)
+        .await
+        .map_err(|source| NodeError::Api {
+            addr: config.api,
+            source,
+        })?;
+    let api_addr = listener.local_addr().map_err(|source| NodeError::Api {
+        addr: config.api,
+        source,
+    })?;
+    let peer_addrs = quic_addrs
+        .iter()
+        .map(|addr| {
+            PeerAddr {
+                id,
+                addrs: vec![*addr],
+            }
+            .to_string()
+        })
+        .collect();
+    let app = router(ApiState {
+        mesh: mesh.clone(),
+        peer_addrs,
+    });
+
+    let store = Arc::new(store);
+    let saver = tokio::spawn(save_peers_periodically(mesh.clone(), store.clone()));
+
+    on_ready(&Ready {
+        id,
+        name: mesh_config.name.clone(),
+        generation,
+        quic: quic_addrs.clone(),
+        api: api_addr,
+        data_dir: config.data_dir.clone(),
+    });
+    info!(name = %mesh_config.name, %id, generation, ?quic_addrs, %api_addr, "node started");
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        let stopped = async {
+            let _ = stop_rx.await;
+        };
+        axum::serve(listener, app)
+            .with_graceful_shutdown(stopped)
+            .await
+    });
+    shutdown.await;
+
+    info!("shutting down: announcing leave");
+    if tokio::time::timeout(Duration::from_secs(2), mesh.leave())
+        .await
+        .is_err()
+    {
+        warn!("leave announcement timed out");
+    }
+    saver.abort();
+    let _ = stop_tx.send(());
+    let _ = server.await;
+    mesh.shutdown();
+    let _ = mesh_task.await;
+    if let Some(discovery) = discovery {
+        discovery.shutdown();
+    }
+    transport.shutdown().await;
+    Ok(())
+}
+
+/// Remembers live peers every few seconds, so a restart can rejoin without mDNS or bootstrap.
+async fn save_peers_periodically(mesh: Mesh, store: Arc<Store>) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        ticker.tick().await;
+        let Ok(status) = mesh.status().await else {
+            return;
+        };
+        let peers: Vec<PeerAddr> = status
+            .nodes
+            .iter()
+            .filter(|n| !n.is_self && n.status == Status::Alive && !n.addrs.is_empty())
+            .map(|n| PeerAddr {
+                id: n.id,
+                addrs: n.addrs.clone(),
+            })
+            .collect();
+        if peers.is_empty() {
+            continue;
+        }
+        let store = store.clone();
+        let saved = tokio::task::spawn_blocking(move || store.save_peers(&peers)).await;
+        if let Ok(Err(e)) = saved {
+            warn!("could not remember peers: {e}");
+        }
+    }
+}
