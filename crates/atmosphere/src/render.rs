@@ -41,7 +41,7 @@ pub fn status(status: &MeshStatus) -> String {
     // Capability classes in first-seen order.
     let ordered = &members;
     let mut classes: Vec<(String, Vec<String>)> = Vec::new();
-    for node in &ordered {
+    for node in ordered {
         for capability in &node.capabilities {
             let label = match &capability.detail {
                 Some(detail) => format!("{} ({detail})", node.name),
