@@ -37,9 +37,13 @@ impl Client {
 
     async fn decode<T: DeserializeOwned>(&self, response: reqwest::Response) -> Result<T> {
         let status = response.status();
-        let bytes = response.bytes().await.context("reading the node's answer")?;
+        let bytes = response
+            .bytes()
+            .await
+            .context("reading the node's answer")?;
         if status.is_success() {
-            return serde_json::from_slice(&bytes).context("the node's answer is not what this CLI expects (version mismatch?)");
+            return serde_json::from_slice(&bytes)
+                .context("the node's answer is not what this CLI expects (version mismatch?)");
         }
         match serde_json::from_slice::<ErrorBody>(&bytes) {
             Ok(body) => Err(anyhow!("{} ({})", body.message, body.error)),
@@ -65,7 +69,11 @@ impl Client {
         self.decode(response).await
     }
 
-    async fn post<T: DeserializeOwned>(&self, path: &str, body: &impl serde::Serialize) -> Result<T> {
+    async fn post<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &impl serde::Serialize,
+    ) -> Result<T> {
         let response = self
             .http
             .post(format!("{}{path}", self.base))
@@ -98,8 +106,10 @@ impl Client {
     }
 
     pub async fn control(&self, action: &str, node: &str) -> Result<ControlResult> {
-        self.post(&format!("/v1/node/{action}"), &NodeRequest { node: node.into() })
-            .await
+        self.post(
+            &format!("/v1/node/{action}"),
+            &NodeRequest { node: node.into() },
+        )
+        .await
     }
 }
-

@@ -102,8 +102,8 @@ async fn spawn_node(
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create {}", data_dir.display()))?;
     let log = data_dir.join("node.log");
-    let log_file = std::fs::File::create(&log)
-        .with_context(|| format!("cannot create {}", log.display()))?;
+    let log_file =
+        std::fs::File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
     let mut command = Command::new(exe);
     command
         .arg("serve")
@@ -151,7 +151,11 @@ async fn spawn_node(
             let tail = std::fs::read_to_string(&log).unwrap_or_default();
             let tail: Vec<&str> = tail.lines().rev().take(8).collect();
             let tail: Vec<&str> = tail.into_iter().rev().collect();
-            bail!("{e}\n  last lines of {}:\n    {}", log.display(), tail.join("\n    "))
+            bail!(
+                "{e}\n  last lines of {}:\n    {}",
+                log.display(),
+                tail.join("\n    ")
+            )
         }
     }
 }
@@ -170,7 +174,10 @@ pub async fn run(args: DemoArgs, json: bool) -> Result<()> {
     let dir = args.data_dir.clone().unwrap_or_else(default_dir);
     let started = Instant::now();
     if !json {
-        println!("Starting the home mesh on this machine (data and logs in {}):", dir.display());
+        println!(
+            "Starting the home mesh on this machine (data and logs in {}):",
+            dir.display()
+        );
     }
     let mut fleet = Fleet(Vec::new());
     for (i, (name, capabilities)) in NODES.iter().enumerate() {
@@ -197,7 +204,10 @@ pub async fn run(args: DemoArgs, json: bool) -> Result<()> {
                 "  {:<12} id {}  QUIC {}  API http://{}",
                 node.name,
                 &node.ready.id.short()[..8],
-                node.ready.quic.first().map_or("-".into(), ToString::to_string),
+                node.ready
+                    .quic
+                    .first()
+                    .map_or("-".into(), ToString::to_string),
                 node.ready.api
             );
         }
@@ -215,7 +225,11 @@ pub async fn run(args: DemoArgs, json: bool) -> Result<()> {
             break started.elapsed();
         }
         if Instant::now() > deadline {
-            let logs: Vec<String> = fleet.0.iter().map(|n| n.log.display().to_string()).collect();
+            let logs: Vec<String> = fleet
+                .0
+                .iter()
+                .map(|n| n.log.display().to_string())
+                .collect();
             bail!(
                 "the mesh did not converge within {} s; see the node logs: {}",
                 args.timeout,

@@ -20,7 +20,12 @@ use crate::client::Client;
 #[command(name = "atmosphere", version, propagate_version = true)]
 struct Cli {
     /// API address of the local node the command talks to.
-    #[arg(long, global = true, env = "ATMOSPHERE_API", default_value = "127.0.0.1:7070")]
+    #[arg(
+        long,
+        global = true,
+        env = "ATMOSPHERE_API",
+        default_value = "127.0.0.1:7070"
+    )]
     api: SocketAddr,
     /// Print machine-readable JSON instead of text.
     #[arg(long, global = true)]
@@ -121,7 +126,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // iroh builds reqwest with rustls but no crypto provider; ours is ring (no C toolchain needed).
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -179,8 +187,10 @@ async fn dispatch(cli: Cli) -> Result<()> {
 }
 
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("ATMOSPHERE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,iroh=warn,noq=warn,mdns_sd=warn"));
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("ATMOSPHERE_LOG").unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new("info,iroh=warn,noq=warn,mdns_sd=warn")
+        });
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

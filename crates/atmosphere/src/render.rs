@@ -47,7 +47,10 @@ pub fn status(status: &MeshStatus) -> String {
                 Some(detail) => format!("{} ({detail})", node.name),
                 None => node.name.clone(),
             };
-            match classes.iter_mut().find(|(name, _)| *name == capability.name) {
+            match classes
+                .iter_mut()
+                .find(|(name, _)| *name == capability.name)
+            {
                 Some((_, providers)) => providers.push(label),
                 None => classes.push((capability.name.clone(), vec![label])),
             }
@@ -67,7 +70,11 @@ pub fn status(status: &MeshStatus) -> String {
         .map(|n| format!("{} {}", n.name, status_word(n.status)))
         .collect();
     if status.isolated {
-        let _ = writeln!(out, "Status: Disconnected (this node dropped its links; `atmosphere node reconnect {}`)", status.name);
+        let _ = writeln!(
+            out,
+            "Status: Disconnected (this node dropped its links; `atmosphere node reconnect {}`)",
+            status.name
+        );
     } else if unhealthy.is_empty() {
         let _ = writeln!(out, "Status: Healthy");
     } else {
@@ -180,7 +187,10 @@ pub fn control(result: &ControlResult) -> String {
             "→ {} dropped its links; the mesh will see it down within seconds.\n",
             result.node.short()
         ),
-        _ => format!("→ {} is reconnecting; gossip resyncs it within a few rounds.\n", result.node.short()),
+        _ => format!(
+            "→ {} is reconnecting; gossip resyncs it within a few rounds.\n",
+            result.node.short()
+        ),
     }
 }
 

@@ -1,13 +1,13 @@
 //! The node's HTTP API (axum), bound to 127.0.0.1 by default: what the CLI and local apps use.
 //! Only this module knows HTTP.
 
+use atmosphere_mesh::{EchoResult, Mesh, MeshError, MeshStatus, NodeInfo, RouteInfo};
+use atmosphere_proto::{Control, ErrorCode, NodeId};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use atmosphere_mesh::{EchoResult, Mesh, MeshError, MeshStatus, NodeInfo, RouteInfo};
-use atmosphere_proto::{Control, ErrorCode, NodeId};
 use serde::{Deserialize, Serialize};
 
 /// What the handlers share.
@@ -136,7 +136,9 @@ async fn status(State(state): State<ApiState>) -> Result<Json<MeshStatus>, ApiEr
 
 async fn peers(State(state): State<ApiState>) -> Result<Json<Vec<NodeInfo>>, ApiError> {
     let status = state.mesh.status().await?;
-    Ok(Json(status.nodes.into_iter().filter(|n| !n.is_self).collect()))
+    Ok(Json(
+        status.nodes.into_iter().filter(|n| !n.is_self).collect(),
+    ))
 }
 
 async fn routes(State(state): State<ApiState>) -> Result<Json<Vec<RouteInfo>>, ApiError> {
@@ -198,14 +200,24 @@ mod tests {
     fn app() -> Router {
         let network = MemNetwork::new();
         let (transport, incoming_rx) = network.endpoint(NodeId::from_bytes([1; 32]));
-        let (mesh, _join) = Mesh::spawn(Arc::clone(&transport), incoming_rx, None, MeshConfig::for_test("solo"));
+        let (mesh, _join) = Mesh::spawn(
+            Arc::clone(&transport),
+            incoming_rx,
+            None,
+            MeshConfig::for_test("solo"),
+        );
         router(ApiState {
             mesh,
             peer_addrs: vec![],
         })
     }
 
-    async fn call(app: Router, method: &str, uri: &str, body: &str) -> (StatusCode, serde_json::Value) {
+    async fn call(
+        app: Router,
+        method: &str,
+        uri: &str,
+        body: &str,
+    ) -> (StatusCode, serde_json::Value) {
         let request = Request::builder()
             .method(method)
             .uri(uri)
@@ -214,8 +226,13 @@ mod tests {
             .unwrap();
         let response = app.oneshot(request).await.unwrap();
         let status = response.status();
-        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
-        (status, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+        )
     }
 
     #[tokio::test]

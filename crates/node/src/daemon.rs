@@ -33,7 +33,9 @@ pub enum NodeError {
     Bind(#[from] atmosphere_mesh::transport::quic::BindError),
     #[error(transparent)]
     Discovery(#[from] atmosphere_mesh::discovery::DiscoveryError),
-    #[error("cannot serve the API on {addr}: {source} (is another node using the port? set `api` or --api)")]
+    #[error(
+        "cannot serve the API on {addr}: {source} (is another node using the port? set `api` or --api)"
+    )]
     Api {
         addr: SocketAddr,
         source: std::io::Error,
@@ -83,7 +85,9 @@ pub async fn run(
     }
 
     let (found_tx, found_rx) = mpsc::channel(64);
-    let port = quic_addrs.first().map_or(config.listen.port(), SocketAddr::port);
+    let port = quic_addrs
+        .first()
+        .map_or(config.listen.port(), SocketAddr::port);
     let ips: Vec<_> = quic_addrs.iter().map(SocketAddr::ip).collect();
     let discovery = Discovery::start(
         discovery_mode,

@@ -18,7 +18,9 @@ pub enum IdentityError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{path} is not a node key (expected 64 hex digits); move it away to make a new identity")]
+    #[error(
+        "{path} is not a node key (expected 64 hex digits); move it away to make a new identity"
+    )]
     Corrupt { path: PathBuf },
     #[error("{path} is readable by other users (mode {mode:o}); fix with: chmod 600 {path}")]
     Permissions { path: PathBuf, mode: u32 },
@@ -35,9 +37,8 @@ pub fn load_or_create(data_dir: &Path) -> Result<(SecretKey, bool), IdentityErro
     match std::fs::read_to_string(&path) {
         Ok(text) => {
             check_permissions(&path)?;
-            let bytes = parse_hex32(text.trim()).ok_or(IdentityError::Corrupt {
-                path: path.clone(),
-            })?;
+            let bytes =
+                parse_hex32(text.trim()).ok_or(IdentityError::Corrupt { path: path.clone() })?;
             Ok((SecretKey::from_bytes(&bytes), false))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

@@ -17,7 +17,9 @@ const PEERS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("peers");
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
-    #[error("cannot open the node database {path}: {message} (is another node running on this data dir?)")]
+    #[error(
+        "cannot open the node database {path}: {message} (is another node running on this data dir?)"
+    )]
     Open { path: PathBuf, message: String },
     #[error("node database error: {0}")]
     Db(String),

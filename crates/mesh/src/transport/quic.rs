@@ -439,7 +439,9 @@ fn expand_wildcards(bound: &[SocketAddr]) -> Vec<SocketAddr> {
         }
         for interface in interfaces.iter().filter(|i| !i.is_loopback()) {
             let ip = interface.ip();
-            if ip.is_ipv4() == addr.is_ipv4() && !matches!(ip, std::net::IpAddr::V6(v6) if v6.is_unicast_link_local()) {
+            if ip.is_ipv4() == addr.is_ipv4()
+                && !matches!(ip, std::net::IpAddr::V6(v6) if v6.is_unicast_link_local())
+            {
                 out.push(SocketAddr::new(ip, addr.port()));
             }
         }

@@ -1,0 +1,241 @@
+//! The process test kit: start `atmosphere serve` as real OS processes, talk to their APIs, kill
+//! and restart them, wait for conditions with deadlines.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use atmosphere_mesh::{MeshStatus, Status};
+use atmosphere_node::daemon::Ready;
+use atmosphere_proto::NodeId;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_atmosphere");
+
+/// A mesh name unique to this test run, so parallel tests never see each other over mDNS.
+pub fn unique_mesh(tag: &str) -> String {
+    format!("test-{tag}-{}-{}", std::process::id(), rand_suffix())
+}
+
+fn rand_suffix() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64),
+    );
+    hasher.finish() % 1_000_000
+}
+
+/// A node process.
+pub struct Proc {
+    pub name: String,
+    pub data_dir: PathBuf,
+    pub child: Child,
+    pub ready: Ready,
+    pub args: Vec<String>,
+}
+
+impl Proc {
+    pub fn id(&self) -> NodeId {
+        self.ready.id
+    }
+
+    pub fn api(&self) -> String {
+        self.ready.api.to_string()
+    }
+
+    /// `ID@ADDR` for other nodes' `--bootstrap`.
+    pub fn bootstrap_line(&self) -> String {
+        format!("{}@{}", self.ready.id, self.ready.quic[0])
+    }
+
+    /// kill -9.
+    pub async fn kill(&mut self) {
+        self.child.start_kill().unwrap();
+        self.child.wait().await.unwrap();
+    }
+
+    /// Starts the same node again (same data dir, same arguments).
+    pub async fn restart(&mut self) {
+        let again = start_with(&self.name, &self.data_dir, &self.args, None).await;
+        *self = again;
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+/// Starts `atmosphere serve` with loopback listeners on free ports plus `extra` arguments.
+pub async fn start(name: &str, data_dir: &Path, extra: &[String]) -> Proc {
+    start_with(name, data_dir, extra, None).await
+}
+
+/// Like [`start`], optionally prefixed by a wrapper (e.g. `ip netns exec NS`).
+pub async fn start_with(
+    name: &str,
+    data_dir: &Path,
+    extra: &[String],
+    wrapper: Option<&[String]>,
+) -> Proc {
+    let mut args: Vec<String> = vec!["--name".into(), name.into()];
+    args.push("--data-dir".into());
+    args.push(data_dir.display().to_string());
+    args.extend(extra.iter().cloned());
+    let mut command = match wrapper {
+        Some(wrapper) => {
+            let mut command = Command::new(&wrapper[0]);
+            command.args(&wrapper[1..]).arg(BIN);
+            command
+        }
+        None => Command::new(BIN),
+    };
+    command
+        .arg("serve")
+        .args(&args)
+        .env("ATMOSPHERE_LOG", "warn,mdns_sd=error")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true);
+    let mut child = command.spawn().expect("spawn atmosphere serve");
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let ready = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let value: serde_json::Value = match serde_json::from_str(&line) {
+                Ok(value) => value,
+                Err(_) => continue,
+            };
+            if value["event"] == "ready" {
+                return serde_json::from_value::<Ready>(value).unwrap();
+            }
+        }
+        panic!("{name} exited before it was ready");
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{name} not ready within 30 s"));
+    // Keep draining stdout so the child never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let stored: Vec<String> = extra.to_vec();
+    Proc {
+        name: name.into(),
+        data_dir: data_dir.to_owned(),
+        child,
+        ready,
+        args: stored,
+    }
+}
+
+/// Arguments for a node on 127.0.0.1 with free ports.
+pub fn loopback_args(
+    mesh: &str,
+    discovery: &str,
+    capabilities: &[&str],
+    bootstrap: &[String],
+) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "--listen",
+        "127.0.0.1:0",
+        "--api-listen",
+        "127.0.0.1:0",
+        "--discovery",
+        discovery,
+        "--mesh",
+        mesh,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    for capability in capabilities {
+        args.push("--capability".into());
+        args.push(capability.to_string());
+    }
+    for peer in bootstrap {
+        args.push("--bootstrap".into());
+        args.push(peer.clone());
+    }
+    args
+}
+
+pub fn http() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+pub async fn status(api: &str) -> Option<MeshStatus> {
+    http()
+        .get(format!("http://{api}/v1/mesh/status"))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()
+}
+
+pub fn status_of(status: &MeshStatus, id: NodeId) -> Option<Status> {
+    status.nodes.iter().find(|n| n.id == id).map(|n| n.status)
+}
+
+/// Polls `check` until it returns `Some`, or fails after `deadline`.
+pub async fn eventually<T, F, Fut>(deadline: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let give_up = tokio::time::Instant::now() + deadline;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        if tokio::time::Instant::now() > give_up {
+            panic!("timed out after {deadline:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until the node at each API sees every id alive.
+pub async fn all_alive(apis: &[String], ids: &[NodeId], deadline: Duration) {
+    eventually(deadline, "every node sees every node alive", || async {
+        for api in apis {
+            let status = status(api).await?;
+            if !ids
+                .iter()
+                .all(|id| status_of(&status, *id) == Some(Status::Alive))
+            {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await
+}
+
+/// Runs the CLI; returns stdout, failing the test on a non-zero exit.
+pub fn cli(args: &[&str]) -> String {
+    let output = std::process::Command::new(BIN).args(args).output().unwrap();
+    assert!(
+        output.status.success(),
+        "atmosphere {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// Runs the CLI expecting failure; returns stderr.
+pub fn cli_fails(args: &[&str]) -> String {
+    let output = std::process::Command::new(BIN).args(args).output().unwrap();
+    assert!(!output.status.success(), "atmosphere {args:?} should fail");
+    String::from_utf8(output.stderr).unwrap()
+}

@@ -1,0 +1,120 @@
+//! Real node processes on 127.0.0.1: discovery, failure, restart.
+
+use std::time::Duration;
+
+use atmosphere_mesh::Status;
+
+use crate::kit::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_processes_find_each_other_by_mdns_with_no_bootstrap() {
+    let dir = tempfile::tempdir().unwrap();
+    let mesh = unique_mesh("mdns");
+    let mut nodes = Vec::new();
+    for (name, caps) in [
+        ("Mac-Studio", &["llm/7B"][..]),
+        ("Dell-Server", &["llm/70B"][..]),
+        ("Garage-Pi", &["matter"][..]),
+    ] {
+        let args = loopback_args(&mesh, "loopback", caps, &[]);
+        nodes.push(start(name, &dir.path().join(name), &args).await);
+    }
+    let apis: Vec<String> = nodes.iter().map(|n| n.api()).collect();
+    let ids: Vec<_> = nodes.iter().map(|n| n.id()).collect();
+    // The bound is 30 s from start.
+    all_alive(&apis, &ids, Duration::from_secs(30)).await;
+    let status = status(&apis[2]).await.unwrap();
+    let mac = status
+        .nodes
+        .iter()
+        .find(|n| n.name == "Mac-Studio")
+        .unwrap();
+    assert_eq!(mac.capabilities[0].to_string(), "llm/7B");
+    // Only three: nodes of other meshes (other tests) are ignored.
+    assert_eq!(status.nodes.len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_is_seen_down_and_a_restart_returns_with_the_same_identity() {
+    let dir = tempfile::tempdir().unwrap();
+    let mesh = unique_mesh("kill");
+    let a = start(
+        "a",
+        &dir.path().join("a"),
+        &loopback_args(&mesh, "off", &[], &[]),
+    )
+    .await;
+    let seed = vec![a.bootstrap_line()];
+    let b = start(
+        "b",
+        &dir.path().join("b"),
+        &loopback_args(&mesh, "off", &[], &seed),
+    )
+    .await;
+    let mut c = start(
+        "c",
+        &dir.path().join("c"),
+        &loopback_args(&mesh, "off", &["vision"], &seed),
+    )
+    .await;
+    let ids = [a.id(), b.id(), c.id()];
+    all_alive(&[a.api(), b.api(), c.api()], &ids, Duration::from_secs(20)).await;
+
+    let c_id = c.id();
+    c.kill().await;
+    let killed_at = std::time::Instant::now();
+    for api in [a.api(), b.api()] {
+        eventually(Duration::from_secs(60), "c seen down", || async {
+            let status = status(&api).await?;
+            (status_of(&status, c_id) == Some(Status::Down)).then_some(())
+        })
+        .await;
+    }
+    eprintln!(
+        "kill -9 detected by both peers after {:?}",
+        killed_at.elapsed()
+    );
+
+    c.restart().await;
+    assert_eq!(c.id(), c_id, "identity survives a restart");
+    assert_eq!(c.ready.generation, 2, "generation persisted and bumped");
+    all_alive(&[a.api(), b.api(), c.api()], &ids, Duration::from_secs(20)).await;
+    let status = status(&a.api()).await.unwrap();
+    let seen = status.nodes.iter().find(|n| n.id == c_id).unwrap();
+    assert_eq!(seen.generation, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_node_announces_its_leave() {
+    let dir = tempfile::tempdir().unwrap();
+    let mesh = unique_mesh("leave");
+    let a = start(
+        "a",
+        &dir.path().join("a"),
+        &loopback_args(&mesh, "off", &[], &[]),
+    )
+    .await;
+    let b = start(
+        "b",
+        &dir.path().join("b"),
+        &loopback_args(&mesh, "off", &[], &[a.bootstrap_line()]),
+    )
+    .await;
+    all_alive(
+        &[a.api(), b.api()],
+        &[a.id(), b.id()],
+        Duration::from_secs(20),
+    )
+    .await;
+    let pid = b.child.id().unwrap();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    let b_id = b.id();
+    eventually(Duration::from_secs(10), "b seen as left", || async {
+        let status = status(&a.api()).await?;
+        (status_of(&status, b_id) == Some(Status::Left)).then_some(())
+    })
+    .await;
+}
