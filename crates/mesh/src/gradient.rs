@@ -270,8 +270,11 @@ mod tests {
         NodeId::from_bytes([n; 32])
     }
 
+    /// (node, its links as (peer, rtt µs), its capabilities).
+    type Spec<'a> = (u8, &'a [(u8, u32)], &'a [&'a str]);
+
     /// A view as seen from node 1 where each node has the given links and capabilities.
-    fn view(nodes: &[(u8, &[(u8, u32)], &[&str])], now: Instant) -> Membership {
+    fn view(nodes: &[Spec<'_>], now: Instant) -> Membership {
         let mut me = Membership::new(id(1), 1, MembershipConfig::default(), now);
         for (n, links, caps) in nodes {
             let mut other = Membership::new(id(*n), 1, MembershipConfig::default(), now);

@@ -251,10 +251,10 @@ impl Membership {
             .collect();
         if !down.is_empty() {
             let p = down.len() as f64 / (n_live + 1) as f64;
-            if rng.random_bool(p.min(1.0)) {
-                if let Some(id) = down.iter().choose(rng) {
-                    targets.push(*id);
-                }
+            if rng.random_bool(p.min(1.0))
+                && let Some(id) = down.iter().choose(rng)
+            {
+                targets.push(*id);
             }
         }
         targets

@@ -127,10 +127,10 @@ impl Sim {
         if !self.deliver(b, &syn_ack) {
             return;
         }
-        if let Some(ack) = self.nodes[a].handle(syn_ack, now) {
-            if self.deliver(a, &ack) {
-                self.nodes[b].handle(ack, now);
-            }
+        if let Some(ack) = self.nodes[a].handle(syn_ack, now)
+            && self.deliver(a, &ack)
+        {
+            self.nodes[b].handle(ack, now);
         }
         self.nodes[a].drain_events();
         self.nodes[b].drain_events();

@@ -268,20 +268,20 @@ impl Inner {
     async fn connection(self: &Arc<Self>, peer: NodeId) -> Result<Connection, TransportError> {
         let lock = {
             let mut peers = self.peers();
-            if let Some(connection) = peers.connections.get(&peer) {
-                if connection.close_reason().is_none() {
-                    return Ok(connection.clone());
-                }
+            if let Some(connection) = peers.connections.get(&peer)
+                && connection.close_reason().is_none()
+            {
+                return Ok(connection.clone());
             }
             peers.dialing.entry(peer).or_default().clone()
         };
         let _dialing = lock.lock().await;
         let addrs = {
             let peers = self.peers();
-            if let Some(connection) = peers.connections.get(&peer) {
-                if connection.close_reason().is_none() {
-                    return Ok(connection.clone());
-                }
+            if let Some(connection) = peers.connections.get(&peer)
+                && connection.close_reason().is_none()
+            {
+                return Ok(connection.clone());
             }
             peers.addrs.get(&peer).cloned().unwrap_or_default()
         };
