@@ -4,7 +4,8 @@
 //!   500 / 2000 simulated nodes, and bytes sent per node per round in steady state;
 //! - failure detection time in the simulation and with real QUIC nodes on 127.0.0.1;
 //! - gradient-table rebuild and lookup time;
-//! - request/response latency over QUIC on loopback.
+//! - request/response latency over QUIC on loopback;
+//! - a healthy-mesh soak counting false "down" verdicts (`SOAK_SECS=600`; `SOAK_ONLY=1` runs only it).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,8 +21,14 @@ use atmosphere_proto::record::{CapabilitiesKey, LinksKey, NameKey};
 use atmosphere_proto::{Capability, Link, NodeId, Request};
 
 fn main() {
+    if std::env::var_os("SOAK_ONLY").is_some() {
+        runtime().block_on(soak());
+        return;
+    }
     println!("## Gossip convergence (simulation, real membership core, 500 ms rounds, fanout 3)\n");
-    println!("| nodes | cold start: rounds | one update: rounds | bytes/node/round (steady) | detection: rounds (s) | false downs |");
+    println!(
+        "| nodes | cold start: rounds | one update: rounds | bytes/node/round (steady) | detection: rounds (s) | false downs |"
+    );
     println!("|---:|---:|---:|---:|---:|---:|");
     for n in [3usize, 50, 500, 2000] {
         simulate(n);
@@ -30,25 +37,34 @@ fn main() {
     println!("\n## Gradient table (500 nodes, 4 capabilities each, 8 links each)\n");
     gradient_bench();
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(async {
+    runtime().block_on(async {
         println!("\n## QUIC on 127.0.0.1 (iroh, one stream per call)\n");
         quic_latency().await;
         println!("\n## Failure detection with real QUIC nodes (3 nodes, default timings: 500 ms rounds, phi 8)\n");
         quic_detection().await;
+        println!("\n## No false downs: healthy QUIC nodes (set SOAK_SECS, e.g. 600)\n");
+        soak().await;
     });
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
 }
 
 fn simulate(n: usize) {
     let mut sim = Sim::new(SimConfig::new(n));
-    let cold = sim.run_until_converged(200).map_or("-".into(), |r| r.to_string());
+    let cold = sim
+        .run_until_converged(200)
+        .map_or("-".into(), |r| r.to_string());
     let victim_name = n / 2;
     sim.nodes[victim_name].set_local::<NameKey>(&"updated".into());
-    let update = sim.run_until_converged(200).map_or("-".into(), |r| r.to_string());
+    let update = sim
+        .run_until_converged(200)
+        .map_or("-".into(), |r| r.to_string());
     // Steady state: 10 rounds with no changes but heartbeats.
     let before: u64 = sim.bytes_sent.iter().sum();
     for _ in 0..10 {
@@ -80,7 +96,9 @@ fn gradient_bench() {
         })
         .collect();
     let mut me = Membership::new(ids[0], 1, MembershipConfig::default(), now);
-    let caps = ["llm", "rag", "vision", "matter", "tool-a", "tool-b", "tool-c", "tool-d"];
+    let caps = [
+        "llm", "rag", "vision", "matter", "tool-a", "tool-b", "tool-c", "tool-d",
+    ];
     for (i, id) in ids.iter().enumerate() {
         let links: Vec<Link> = (1..=4)
             .flat_map(|d| [(i + d) % ids.len(), (i + ids.len() - d) % ids.len()])
@@ -151,9 +169,13 @@ async fn quic_latency() {
     let mut samples = Vec::with_capacity(n);
     for i in 0..n + 200 {
         let started = Instant::now();
-        tb.call(a.id(), &Request::Ping { nonce: i as u64 }, Duration::from_secs(2))
-            .await
-            .expect("ping");
+        tb.call(
+            a.id(),
+            &Request::Ping { nonce: i as u64 },
+            Duration::from_secs(2),
+        )
+        .await
+        .expect("ping");
         if i >= 200 {
             samples.push(started.elapsed());
         }
@@ -162,7 +184,12 @@ async fn quic_latency() {
     let pct = |p: f64| samples[((samples.len() as f64 * p) as usize).min(samples.len() - 1)];
     println!("| request/response (ping) | p50 | p90 | p99 |");
     println!("|---|---:|---:|---:|");
-    println!("| {n} sequential calls | {:?} | {:?} | {:?} |", pct(0.5), pct(0.9), pct(0.99));
+    println!(
+        "| {n} sequential calls | {:?} | {:?} | {:?} |",
+        pct(0.5),
+        pct(0.9),
+        pct(0.99)
+    );
     for (mesh, transport) in [(a, ta), (b, tb)] {
         mesh.shutdown();
         transport.shutdown().await;
@@ -197,33 +224,102 @@ async fn quic_detection() {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         };
-        // Let the detector learn the rhythm, then kill c (transport and actor gone).
+        // Let the detector learn the rhythm.
         tokio::time::sleep(Duration::from_secs(3)).await;
+        // Disconnect c (it drops its links), wait until both peers see it down, reconnect it and
+        // time its return.
+        a.control(ids[2], atmosphere_proto::Control::Disconnect)
+            .await
+            .expect("disconnect");
+        wait_for(&[&a, &b], ids[2], Status::Down).await;
+        a.control(ids[2], atmosphere_proto::Control::Reconnect)
+            .await
+            .expect("reconnect");
+        let reconnected = Instant::now();
+        wait_for(&[&a, &b], ids[2], Status::Alive).await;
+        let returned = reconnected.elapsed();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        // Now kill c: transport and actor gone.
         c.shutdown();
         tc.shutdown().await;
         let killed = Instant::now();
-        let detected = loop {
-            let sa = a.status().await.expect("status");
-            let sb = b.status().await.expect("status");
-            let down = |s: &atmosphere_mesh::MeshStatus| {
-                s.nodes
-                    .iter()
-                    .any(|n| n.id == ids[2] && n.status == Status::Down)
-            };
-            if down(&sa) && down(&sb) {
-                break killed.elapsed();
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        };
-        rows.push((converged, detected));
+        wait_for(&[&a, &b], ids[2], Status::Down).await;
+        let detected = killed.elapsed();
+        rows.push((converged, returned, detected));
         for (mesh, transport) in [(a, ta), (b, tb)] {
             mesh.shutdown();
             transport.shutdown().await;
         }
     }
-    println!("| trial | 3 nodes converged after start | kill → down on both peers |");
-    println!("|---:|---:|---:|");
-    for (i, (converged, detected)) in rows.iter().enumerate() {
-        println!("| {} | {converged:?} | {detected:?} |", i + 1);
+    println!(
+        "| trial | 3 nodes converged after start | reconnect → alive on both peers | kill → down on both peers |"
+    );
+    println!("|---:|---:|---:|---:|");
+    for (i, (converged, returned, detected)) in rows.iter().enumerate() {
+        println!(
+            "| {} | {converged:?} | {returned:?} | {detected:?} |",
+            i + 1
+        );
+    }
+}
+
+/// Polls until every observer sees `id` in `status` (the bench has no deadline: it reports).
+async fn wait_for(observers: &[&Mesh], id: NodeId, status: Status) {
+    loop {
+        let mut all = true;
+        for mesh in observers {
+            let view = mesh.status().await.expect("status");
+            all &= view.nodes.iter().any(|n| n.id == id && n.status == status);
+        }
+        if all {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Healthy 3-node QUIC mesh for `SOAK_SECS` seconds (default 30): counts false "down" events.
+async fn soak() {
+    let secs: u64 = std::env::var("SOAK_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(30);
+    let (a, ta) = quic_node("a", vec![]).await;
+    let seed = vec![PeerAddr {
+        id: a.id(),
+        addrs: ta.local_addrs(),
+    }];
+    let (b, tb) = quic_node("b", seed.clone()).await;
+    let (c, tc) = quic_node("c", seed).await;
+    let meshes = [&a, &b, &c];
+    let ids: Vec<NodeId> = meshes.iter().map(|m| m.id()).collect();
+    for id in &ids {
+        wait_for(&meshes, *id, Status::Alive).await;
+    }
+    let started = Instant::now();
+    let mut false_downs = 0u64;
+    let mut max_phi: f64 = 0.0;
+    let mut samples = 0u64;
+    while started.elapsed() < Duration::from_secs(secs) {
+        for mesh in &meshes {
+            let view = mesh.status().await.expect("status");
+            for node in view.nodes.iter().filter(|n| !n.is_self) {
+                max_phi = max_phi.max(node.phi);
+                if node.status != Status::Alive {
+                    false_downs += 1;
+                }
+            }
+        }
+        samples += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!(
+        "| healthy run | samples (every 100 ms, 3 views) | false down observations | max phi seen |"
+    );
+    println!("|---:|---:|---:|---:|");
+    println!("| {secs} s | {samples} | {false_downs} | {max_phi:.2} |");
+    for (mesh, transport) in [(a, ta), (b, tb), (c, tc)] {
+        mesh.shutdown();
+        transport.shutdown().await;
     }
 }

@@ -411,12 +411,15 @@ impl<T: Transport> Actor<T> {
             self.close_pending = false;
             self.transport.close_all("node disconnected");
         }
-        if self.isolated {
-            return;
-        }
         let now = Instant::now();
         self.rounds += 1;
         let mut targets = self.membership.tick(now, &mut self.rng);
+        if self.isolated {
+            // Cut off, this node still judges the others (they fall silent) but sends nothing.
+            self.process_events();
+            self.gradient.rebuild(&self.membership, now);
+            return;
+        }
         self.seeds.retain(|id, _| self.membership.get(id).is_none());
         targets.extend(self.seeds.keys().copied());
         targets.sort();

@@ -153,6 +153,15 @@ async fn disconnect_and_reconnect_by_control() {
     })
     .await;
     assert!(b.mesh.status().await.unwrap().isolated);
+    // Cut off, b in turn sees a fall silent.
+    eventually(DEADLINE, "a is down for b", || async {
+        let status = b.mesh.status().await.ok()?;
+        (status_of(&status, a.id) == Some(Status::Down)).then_some(())
+    })
+    .await;
+    // Requests through an isolated node fail with a clear error.
+    let err = b.mesh.echo(a.id, vec![1]).await.unwrap_err();
+    assert!(err.to_string().contains("disconnected"), "{err}");
     a.mesh.control(b.id, Control::Reconnect).await.unwrap();
     all_see_alive(&[&a.mesh, &b.mesh], &[a.id, b.id], DEADLINE).await;
 }
