@@ -161,6 +161,18 @@ async fn quic_node(name: &str, bootstrap: Vec<PeerAddr>) -> (Mesh, Arc<QuicTrans
     (mesh, transport)
 }
 
+/// Three QUIC nodes on 127.0.0.1; b and c bootstrap from a.
+async fn trio() -> [(Mesh, Arc<QuicTransport>); 3] {
+    let (a, ta) = quic_node("a", vec![]).await;
+    let seed = vec![PeerAddr {
+        id: a.id(),
+        addrs: ta.local_addrs(),
+    }];
+    let b = quic_node("b", seed.clone()).await;
+    let c = quic_node("c", seed).await;
+    [(a, ta), b, c]
+}
+
 async fn quic_latency() {
     let (a, ta) = quic_node("a", vec![]).await;
     let (b, tb) = quic_node("b", vec![]).await;
@@ -199,13 +211,7 @@ async fn quic_latency() {
 async fn quic_detection() {
     let mut rows = Vec::new();
     for _trial in 0..3 {
-        let (a, ta) = quic_node("a", vec![]).await;
-        let seed = vec![PeerAddr {
-            id: a.id(),
-            addrs: ta.local_addrs(),
-        }];
-        let (b, tb) = quic_node("b", seed.clone()).await;
-        let (c, tc) = quic_node("c", seed).await;
+        let [(a, ta), (b, tb), (c, tc)] = trio().await;
         let ids = [a.id(), b.id(), c.id()];
         let started = Instant::now();
         let converged = loop {
@@ -284,13 +290,7 @@ async fn soak() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(30);
-    let (a, ta) = quic_node("a", vec![]).await;
-    let seed = vec![PeerAddr {
-        id: a.id(),
-        addrs: ta.local_addrs(),
-    }];
-    let (b, tb) = quic_node("b", seed.clone()).await;
-    let (c, tc) = quic_node("c", seed).await;
+    let [(a, ta), (b, tb), (c, tc)] = trio().await;
     let meshes = [&a, &b, &c];
     let ids: Vec<NodeId> = meshes.iter().map(|m| m.id()).collect();
     for id in &ids {

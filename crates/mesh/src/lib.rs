@@ -15,3 +15,4 @@ pub use driver::{EchoResult, Mesh, MeshConfig, MeshError, MeshStatus, NodeInfo, 
 pub use membership::Status;
 pub use peer::PeerAddr;
 pub mod sim;
+pub mod testkit;

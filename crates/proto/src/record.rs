@@ -130,3 +130,41 @@ pub struct Link {
     /// Smoothed round-trip time in microseconds.
     pub rtt_us: u32,
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn values_round_trip(name in ".{0,20}", detail in prop::option::of(".{0,8}"), inflight in any::<u32>(), cpu in any::<u32>(), rtt in any::<u32>(), peer in any::<[u8; 32]>()) {
+            let caps = vec![Capability { name, detail }];
+            prop_assert_eq!(decode_value::<CapabilitiesKey>(&encode_value::<CapabilitiesKey>(&caps)), Some(caps));
+            let load = Load { inflight, cpu_milli: cpu };
+            prop_assert_eq!(decode_value::<LoadKey>(&encode_value::<LoadKey>(&load)), Some(load));
+            let links = vec![Link { peer: NodeId::from_bytes(peer), rtt_us: rtt }];
+            prop_assert_eq!(decode_value::<LinksKey>(&encode_value::<LinksKey>(&links)), Some(links));
+        }
+
+        /// Gossip carries these values from any peer: garbage must decode to `None`, not panic.
+        #[test]
+        fn arbitrary_value_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+            let _ = decode_value::<NameKey>(&bytes);
+            let _ = decode_value::<AddrsKey>(&bytes);
+            let _ = decode_value::<CapabilitiesKey>(&bytes);
+            let _ = decode_value::<LoadKey>(&bytes);
+            let _ = decode_value::<LinksKey>(&bytes);
+            let _ = decode_value::<LeftKey>(&bytes);
+        }
+    }
+
+    #[test]
+    fn capability_text_form() {
+        let cap: Capability = "llm/70B".parse().unwrap();
+        assert_eq!(cap, Capability::new("llm", Some("70B".into())));
+        assert_eq!(cap.to_string(), "llm/70B");
+        assert_eq!("vision".parse::<Capability>().unwrap().detail, None);
+    }
+}

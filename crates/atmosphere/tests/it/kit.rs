@@ -1,11 +1,11 @@
 //! The process test kit: start `atmosphere serve` as real OS processes, talk to their APIs, kill
 //! and restart them, wait for conditions with deadlines.
 
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+pub use atmosphere_mesh::testkit::eventually;
 use atmosphere_mesh::{MeshStatus, Status};
 use atmosphere_node::daemon::Ready;
 use atmosphere_proto::NodeId;
@@ -185,24 +185,6 @@ pub async fn status(api: &str) -> Option<MeshStatus> {
 
 pub fn status_of(status: &MeshStatus, id: NodeId) -> Option<Status> {
     status.nodes.iter().find(|n| n.id == id).map(|n| n.status)
-}
-
-/// Polls `check` until it returns `Some`, or fails after `deadline`.
-pub async fn eventually<T, F, Fut>(deadline: Duration, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let give_up = tokio::time::Instant::now() + deadline;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        if tokio::time::Instant::now() > give_up {
-            panic!("timed out after {deadline:?} waiting for: {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// Waits until the node at each API sees every id alive.

@@ -1,30 +1,12 @@
 //! The multi-node test kit: start nodes, wait for conditions with a deadline.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use atmosphere_mesh::testkit::eventually;
 use atmosphere_mesh::transport::mem::MemNetwork;
 use atmosphere_mesh::{Mesh, MeshConfig, MeshStatus, PeerAddr, Status};
 use atmosphere_proto::{Capability, NodeId};
-
-/// Polls `check` until it returns `Some`, or fails the test after `deadline` with `what`.
-pub async fn eventually<T, F, Fut>(deadline: Duration, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let give_up = tokio::time::Instant::now() + deadline;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        if tokio::time::Instant::now() > give_up {
-            panic!("timed out after {deadline:?} waiting for: {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 /// The status of `id` as seen by `observer`.
 pub fn status_of(view: &MeshStatus, id: NodeId) -> Option<Status> {
