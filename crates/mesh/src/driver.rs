@@ -233,7 +233,7 @@ impl Mesh {
         let mut seeds = HashMap::new();
         for peer in &config.bootstrap {
             transport.add_peer_addrs(peer.id, &peer.addrs);
-            seeds.insert(peer.id, peer.addrs.clone());
+            seeds.insert(peer.id, 0);
         }
         let actor = Actor {
             gradient: GradientTable::new(id, config.weights),
@@ -359,8 +359,9 @@ struct Actor<T: Transport> {
     isolated: bool,
     /// Connections are closed at the next tick after `disconnect`, once its answer has left.
     close_pending: bool,
-    /// Bootstrap and discovered peers not (yet) known as members.
-    seeds: HashMap<NodeId, Vec<SocketAddr>>,
+    /// Bootstrap and discovered peers not (yet) known as members, with the number of rounds
+    /// they were tried in.
+    seeds: HashMap<NodeId, u32>,
     rounds: u64,
     last_load_at: Instant,
     internal_tx: mpsc::Sender<Internal>,
@@ -401,7 +402,8 @@ impl<T: Transport> Actor<T> {
         }
         self.transport.add_peer_addrs(peer.id, &peer.addrs);
         if self.membership.get(&peer.id).is_none() {
-            self.seeds.insert(peer.id, peer.addrs);
+            // A fresh sighting (mDNS, a command) resets the backoff.
+            self.seeds.insert(peer.id, 0);
         }
     }
 
@@ -421,7 +423,15 @@ impl<T: Transport> Actor<T> {
             return;
         }
         self.seeds.retain(|id, _| self.membership.get(id).is_none());
-        targets.extend(self.seeds.keys().copied());
+        // Seeds are tried every round at first, then every 10th round: a remembered peer that is
+        // gone for good costs little.
+        let round = self.rounds;
+        for (id, tries) in &mut self.seeds {
+            if *tries < 10 || round.is_multiple_of(10) {
+                *tries = tries.saturating_add(1);
+                targets.push(*id);
+            }
+        }
         targets.sort();
         targets.dedup();
         if let Some(links) = self.links.refresh(now) {
