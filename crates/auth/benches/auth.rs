@@ -31,7 +31,7 @@ fn main() {
         revocations
             .insert(
                 &authority.mesh_id(),
-                Revocation::new(&authority, RevokedTarget::Token(TokenId(id)), now, "bench"),
+                Revocation::sign(&authority, RevokedTarget::Token(TokenId(id)), now, "bench"),
             )
             .expect("insert");
     }

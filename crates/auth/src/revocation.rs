@@ -59,7 +59,7 @@ pub enum RevocationError {
 
 impl Revocation {
     /// Signs a revocation of `target`.
-    pub fn new(
+    pub fn sign(
         authority: &AuthorityKey,
         target: RevokedTarget,
         now: u64,
@@ -179,11 +179,11 @@ mod tests {
         let mesh = authority.mesh_id();
         let target = RevokedTarget::Node(NodeId::from_bytes([3; 32]));
         let mut mine = RevocationSet::default();
-        mine.insert(&mesh, Revocation::new(&authority, target, 1, "gone"))
+        mine.insert(&mesh, Revocation::sign(&authority, target, 1, "gone"))
             .unwrap();
 
         let impostor = AuthorityKey::generate();
-        let fake = Revocation::new(&impostor, RevokedTarget::Token(TokenId([9; 16])), 1, "x");
+        let fake = Revocation::sign(&impostor, RevokedTarget::Token(TokenId([9; 16])), 1, "x");
         assert_eq!(
             mine.clone().insert(&mesh, fake.clone()),
             Err(RevocationError::BadSignature)

@@ -351,7 +351,7 @@ mod tests {
 
         // Revoked, by token id and by node.
         let mut revoked = RevocationSet::default();
-        let by_token = Revocation::new(
+        let by_token = Revocation::sign(
             &authority,
             RevokedTarget::Token(TokenId([1; 16])),
             NOW,
@@ -366,7 +366,7 @@ mod tests {
         revoked
             .insert(
                 &mesh,
-                Revocation::new(&authority, RevokedTarget::Node(node(1)), NOW, "stolen"),
+                Revocation::sign(&authority, RevokedTarget::Node(node(1)), NOW, "stolen"),
             )
             .unwrap();
         assert!(matches!(
