@@ -4,7 +4,12 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
-use atmosphere_node::api::{ControlResult, ErrorBody, NodeIdentity, NodeRequest, PingResult};
+use atmosphere_node::api::{
+    ControlResult, ErrorBody, InitRequest, InviteRequest, IssueRequest, Issued, JoinRequest,
+    NodeIdentity, NodeRequest, PingResult, RevokeRequest, Revoked,
+};
+use atmosphere_node::trust::AuthStatus;
+use atmosphere_proto::NodeId;
 use atmosphere_node::daemon::Ready;
 use serde::de::DeserializeOwned;
 
@@ -109,6 +114,65 @@ impl Client {
         self.post(
             &format!("/v1/node/{action}"),
             &NodeRequest { node: node.into() },
+        )
+        .await
+    }
+
+    pub async fn auth_status(&self) -> Result<AuthStatus> {
+        self.get("/v1/auth/status").await
+    }
+
+    pub async fn init(&self, name: &str) -> Result<AuthStatus> {
+        self.post("/v1/mesh/init", &InitRequest { name: name.into() })
+            .await
+    }
+
+    pub async fn invite(&self, ttl: Duration) -> Result<Issued> {
+        self.post(
+            "/v1/mesh/invite",
+            &InviteRequest {
+                ttl_secs: Some(ttl.as_secs()),
+            },
+        )
+        .await
+    }
+
+    pub async fn join(&self, invite: &str) -> Result<AuthStatus> {
+        self.post(
+            "/v1/mesh/join",
+            &JoinRequest {
+                invite: invite.trim().into(),
+            },
+        )
+        .await
+    }
+
+    pub async fn issue(
+        &self,
+        node_key: NodeId,
+        name: &str,
+        ttl: Duration,
+        capabilities: Vec<String>,
+    ) -> Result<Issued> {
+        self.post(
+            "/v1/tokens",
+            &IssueRequest {
+                node_key,
+                name: name.into(),
+                ttl_secs: Some(ttl.as_secs()),
+                capabilities,
+            },
+        )
+        .await
+    }
+
+    pub async fn revoke(&self, target: &str, reason: Option<String>) -> Result<Revoked> {
+        self.post(
+            "/v1/tokens/revoke",
+            &RevokeRequest {
+                target: target.into(),
+                reason,
+            },
         )
         .await
     }

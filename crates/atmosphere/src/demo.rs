@@ -219,6 +219,7 @@ pub async fn run(args: DemoArgs, json: bool) -> Result<()> {
         .iter()
         .map(|n| Client::for_ready(&n.ready))
         .collect::<Result<_>>()?;
+    form_mesh(&clients, &fleet, json).await?;
     let deadline = Instant::now() + Duration::from_secs(args.timeout);
     let converged_at = loop {
         if all_healthy(&clients).await {
@@ -268,6 +269,32 @@ pub async fn run(args: DemoArgs, json: bool) -> Result<()> {
         let _ = tokio::signal::ctrl_c().await;
     }
     fleet.stop().await;
+    Ok(())
+}
+
+/// Mac-Studio creates the mesh (it holds the authority key); the others join with one-time
+/// invites. Nodes that joined in an earlier run keep their tokens.
+async fn form_mesh(clients: &[Client], fleet: &Fleet, json: bool) -> Result<()> {
+    let authority = &clients[0];
+    if !authority.auth_status().await?.member {
+        authority.init("home").await.context("creating the mesh on Mac-Studio")?;
+        if !json {
+            println!("Mac-Studio created the mesh \"home\" and holds its authority key.");
+        }
+    }
+    for (client, node) in clients.iter().zip(&fleet.0).skip(1) {
+        if client.auth_status().await?.member {
+            continue;
+        }
+        let invite = authority.invite(Duration::from_secs(600)).await?;
+        client
+            .join(&invite.text)
+            .await
+            .with_context(|| format!("{} joining with an invite", node.name))?;
+        if !json {
+            println!("{} joined with a one-time invite.", node.name);
+        }
+    }
     Ok(())
 }
 

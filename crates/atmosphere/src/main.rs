@@ -49,6 +49,12 @@ enum Command {
     /// Configuration help.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Issue and revoke join tokens (on the mesh authority).
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// This node's credentials.
+    #[command(subcommand)]
+    Auth(AuthCommand),
     /// Start a three-node home mesh on this machine (Mac-Studio, Dell-Server, Garage-Pi), wait for
     /// it to converge over mDNS and show its status.
     Demo(demo::DemoArgs),
@@ -98,6 +104,54 @@ enum MeshCommand {
         /// Node name, id, or id prefix.
         node: String,
     },
+    /// Create a new mesh: this node becomes its authority (holds the signing key) and first member.
+    Init {
+        /// The mesh's name.
+        #[arg(long)]
+        name: String,
+    },
+    /// Make a one-time invite for a new node (run on the authority); paste it into `mesh join`.
+    Invite {
+        /// How long the invite stays usable, e.g. 30m, 1h.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: std::time::Duration,
+    },
+    /// Join a mesh with an invite (asks the authority) or a token (`token issue` output; offline).
+    Join {
+        /// `atmo-invite1.…` or `atmo1.…`
+        invite: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Sign a token for a node's key (its `atmosphere node id`).
+    Issue {
+        /// The node's id (64 hex digits).
+        #[arg(long)]
+        node_key: atmosphere_proto::NodeId,
+        /// The node's name in the mesh.
+        #[arg(long)]
+        name: String,
+        /// Lifetime, e.g. 24h; the node renews it at 2/3 by itself.
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        ttl: std::time::Duration,
+        /// Capability classes the node may offer (repeatable; none means any).
+        #[arg(long = "capability")]
+        capabilities: Vec<String>,
+    },
+    /// Revoke a node (name or id) or a token (its 32-hex-digit id); spreads at once by gossip.
+    Revoke {
+        target: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuthCommand {
+    /// Check this node's token, offline (the spec's demo step 8).
+    Verify,
 }
 
 #[derive(Debug, Subcommand)]
@@ -177,6 +231,39 @@ async fn dispatch(cli: Cli) -> Result<()> {
         Command::Node(NodeCommand::Reconnect { node }) => {
             let result = client.control("reconnect", &node).await?;
             render::output(json, &result, render::control)
+        }
+        Command::Mesh(MeshCommand::Init { name }) => {
+            let status = client.init(&name).await?;
+            render::output(json, &status, render::auth_status)
+        }
+        Command::Mesh(MeshCommand::Invite { ttl }) => {
+            let issued = client.invite(ttl).await?;
+            render::output(json, &issued, |i| format!("{}\n", i.text))
+        }
+        Command::Mesh(MeshCommand::Join { invite }) => {
+            let status = client.join(&invite).await?;
+            render::output(json, &status, render::auth_status)
+        }
+        Command::Token(TokenCommand::Issue {
+            node_key,
+            name,
+            ttl,
+            capabilities,
+        }) => {
+            let issued = client.issue(node_key, &name, ttl, capabilities).await?;
+            render::output(json, &issued, |i| format!("{}\n", i.text))
+        }
+        Command::Token(TokenCommand::Revoke { target, reason }) => {
+            let revoked = client.revoke(&target, reason).await?;
+            render::output(json, &revoked, |r| format!("Revoked {}; every node drops it within two gossip rounds.\n", r.revoked))
+        }
+        Command::Auth(AuthCommand::Verify) => {
+            let status = client.auth_status().await?;
+            render::output(json, &status, render::auth_status)?;
+            if status.token_status != "valid" {
+                anyhow::bail!("token is {}", status.token_status);
+            }
+            Ok(())
         }
         Command::Config(ConfigCommand::Example) => {
             print!("{}", atmosphere_node::config::EXAMPLE);

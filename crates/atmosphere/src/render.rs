@@ -5,6 +5,7 @@ use std::fmt::Write;
 use anyhow::Result;
 use atmosphere_mesh::{MeshStatus, NodeInfo, RouteInfo, Status};
 use atmosphere_node::api::{ControlResult, NodeIdentity, PingResult};
+use atmosphere_node::trust::AuthStatus;
 use serde::Serialize;
 
 /// Prints `value` as JSON or through `text`.
@@ -199,5 +200,40 @@ fn truncate(text: &str, max: usize) -> String {
         text.to_owned()
     } else {
         text.chars().take(max - 1).chain(['…']).collect()
+    }
+}
+
+/// The spec's demo step 8.
+pub fn auth_status(status: &AuthStatus) -> String {
+    if !status.member {
+        return "Token: none (this node has not joined a mesh: `atmosphere mesh init --name NAME` or `atmosphere mesh join INVITE`)\n".into();
+    }
+    let mut out = String::new();
+    let state = match status.token_status.as_str() {
+        "valid" => format!("Valid (expires in {})", human_secs(status.expires_in_secs.unwrap_or(0))),
+        "expired" => "Expired (the node renews while it can reach the authority)".into(),
+        "revoked" => "Revoked".into(),
+        other => format!("Invalid ({other})"),
+    };
+    let _ = writeln!(out, "Token: {state}");
+    let _ = writeln!(out, "Verified: Offline (no network call, {} µs)", status.verify_micros);
+    let _ = writeln!(
+        out,
+        "Mesh: {} ({}){}",
+        status.mesh_name.as_deref().unwrap_or("-"),
+        status.mesh_id.as_deref().map_or("-", |id| &id[..16.min(id.len())]),
+        if status.authority { ", this node is the authority" } else { "" }
+    );
+    if let Some(name) = &status.name {
+        let _ = writeln!(out, "Node: {name} ({})", status.node.short());
+    }
+    out
+}
+
+fn human_secs(secs: u64) -> String {
+    match secs {
+        0..60 => format!("{secs}s"),
+        60..3600 => format!("{}m", secs / 60),
+        _ => format!("{}h", secs / 3600),
     }
 }

@@ -157,7 +157,7 @@ async fn quic_node(name: &str, bootstrap: Vec<PeerAddr>) -> (Mesh, Arc<QuicTrans
             .expect("bind");
     let mut config = MeshConfig::new(name);
     config.bootstrap = bootstrap;
-    let (mesh, _join) = Mesh::spawn(transport.clone(), incoming_rx, None, config);
+    let (mesh, _join) = Mesh::spawn(transport.clone(), incoming_rx, Default::default(), config);
     (mesh, transport)
 }
 

@@ -162,8 +162,38 @@ pub struct EchoResult {
     pub elapsed_us: u64,
 }
 
+/// Optional channels a node connects to the mesh actor.
+#[derive(Debug, Default)]
+pub struct Hooks {
+    /// Peers found by discovery.
+    pub discovered_rx: Option<mpsc::Receiver<PeerAddr>>,
+    /// Where requests the mesh does not handle itself go (`Join`, `Renew`, later tool calls).
+    /// Without it they are refused.
+    pub app_tx: Option<mpsc::Sender<Incoming>>,
+}
+
+/// A value of some node's record changed (or was first learned).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValueChanged {
+    pub node: NodeId,
+    pub key: String,
+    pub value: Vec<u8>,
+}
+
 #[derive(Debug)]
 enum Command {
+    Call {
+        peer: NodeId,
+        request: Request,
+        reply_tx: oneshot::Sender<Result<Response, MeshError>>,
+    },
+    SetValue {
+        key: String,
+        value: Vec<u8>,
+        push: bool,
+    },
+    Ban(NodeId, String),
+    Unban(NodeId),
     Status(oneshot::Sender<MeshStatus>),
     Routes(oneshot::Sender<Vec<RouteInfo>>),
     Resolve(String, oneshot::Sender<Option<NodeId>>),
@@ -204,6 +234,7 @@ enum Internal {
 #[derive(Debug, Clone)]
 pub struct Mesh {
     cmd_tx: mpsc::Sender<Command>,
+    changes_tx: tokio::sync::broadcast::Sender<ValueChanged>,
     cancel: CancellationToken,
     id: NodeId,
     inflight: Arc<AtomicU32>,
@@ -215,9 +246,14 @@ impl Mesh {
     pub fn spawn<T: Transport>(
         transport: Arc<T>,
         incoming_rx: mpsc::Receiver<Incoming>,
-        discovered_rx: Option<mpsc::Receiver<PeerAddr>>,
+        hooks: Hooks,
         config: MeshConfig,
     ) -> (Self, tokio::task::JoinHandle<()>) {
+        let Hooks {
+            discovered_rx,
+            app_tx,
+        } = hooks;
+        let (changes_tx, _) = tokio::sync::broadcast::channel(1024);
         let id = transport.local_id();
         let now = Instant::now();
         let mut membership = Membership::new(id, config.generation, config.membership.clone(), now);
@@ -249,6 +285,8 @@ impl Mesh {
             internal_tx,
             tasks: JoinSet::new(),
             inflight: inflight.clone(),
+            app_tx,
+            changes_tx: changes_tx.clone(),
             config,
         };
         let join = tokio::spawn(actor.run(
@@ -261,6 +299,7 @@ impl Mesh {
         (
             Self {
                 cmd_tx,
+                changes_tx,
                 cancel,
                 id,
                 inflight,
@@ -339,6 +378,49 @@ impl Mesh {
         self.ask(Command::Leave).await
     }
 
+    /// Sends `request` to a directly reachable `peer` and returns its answer.
+    pub async fn call(&self, peer: NodeId, request: Request) -> Result<Response, MeshError> {
+        self.ask(|reply_tx| Command::Call {
+            peer,
+            request,
+            reply_tx,
+        })
+        .await?
+    }
+
+    /// Sets a raw value of this node's record; `push` sends it to every live peer at once instead
+    /// of waiting for gossip rounds (revocations).
+    pub async fn set_value(&self, key: &str, value: Vec<u8>, push: bool) -> Result<(), MeshError> {
+        self.cmd_tx
+            .send(Command::SetValue {
+                key: key.to_owned(),
+                value,
+                push,
+            })
+            .await
+            .map_err(|_| MeshError::Stopped)
+    }
+
+    /// Drops `peer` from the mesh view, closes its connection and ignores its gossip.
+    pub async fn ban(&self, peer: NodeId, reason: &str) -> Result<(), MeshError> {
+        self.cmd_tx
+            .send(Command::Ban(peer, reason.to_owned()))
+            .await
+            .map_err(|_| MeshError::Stopped)
+    }
+
+    pub async fn unban(&self, peer: NodeId) -> Result<(), MeshError> {
+        self.cmd_tx
+            .send(Command::Unban(peer))
+            .await
+            .map_err(|_| MeshError::Stopped)
+    }
+
+    /// Every value change learned from now on.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<ValueChanged> {
+        self.changes_tx.subscribe()
+    }
+
     /// Requests in flight on this node (published as load).
     pub fn inflight(&self) -> Arc<AtomicU32> {
         self.inflight.clone()
@@ -367,6 +449,8 @@ struct Actor<T: Transport> {
     internal_tx: mpsc::Sender<Internal>,
     tasks: JoinSet<()>,
     inflight: Arc<AtomicU32>,
+    app_tx: Option<mpsc::Sender<Incoming>>,
+    changes_tx: tokio::sync::broadcast::Sender<ValueChanged>,
     config: MeshConfig,
 }
 
@@ -519,6 +603,7 @@ impl<T: Transport> Actor<T> {
             changed = true;
             match &event {
                 Event::Joined(id) | Event::Restarted(id) | Event::Updated(id, _) => {
+                    self.publish_changes(&event);
                     if let Some(addrs) = self.membership.get(id).and_then(|n| n.get::<AddrsKey>()) {
                         self.transport.add_peer_addrs(*id, &addrs);
                     }
@@ -545,6 +630,34 @@ impl<T: Transport> Actor<T> {
         }
     }
 
+    fn publish_changes(&self, event: &Event) {
+        if self.changes_tx.receiver_count() == 0 {
+            return;
+        }
+        let (id, keys): (&NodeId, Vec<String>) = match event {
+            Event::Updated(id, keys) => (id, keys.clone()),
+            Event::Joined(id) | Event::Restarted(id) => {
+                let Some(node) = self.membership.get(id) else {
+                    return;
+                };
+                (id, node.keys().map(str::to_owned).collect())
+            }
+            _ => return,
+        };
+        let Some(node) = self.membership.get(id) else {
+            return;
+        };
+        for key in keys {
+            if let Some(value) = node.raw(&key) {
+                let _ = self.changes_tx.send(ValueChanged {
+                    node: *id,
+                    key,
+                    value: value.to_vec(),
+                });
+            }
+        }
+    }
+
     fn node_name(&self, id: &NodeId) -> String {
         self.membership
             .get(id)
@@ -558,6 +671,13 @@ impl<T: Transport> Actor<T> {
             request,
             reply_tx,
         } = incoming;
+        if self.membership.is_banned(&from) && !matches!(request, Request::Join { .. }) {
+            let _ = reply_tx.send(Response::Error {
+                code: ErrorCode::Unauthorized,
+                message: "this node is not admitted to the mesh".into(),
+            });
+            return;
+        }
         let isolated_error = || Response::Error {
             code: ErrorCode::Isolated,
             message: "node is disconnected".into(),
@@ -579,6 +699,26 @@ impl<T: Transport> Actor<T> {
                 Response::Gossip(reply)
             }
             Request::Ping { nonce } => Response::Pong { nonce },
+            // Reaches the actor only on transports without admission control.
+            Request::Hello { .. } => Response::Welcome { token: Vec::new() },
+            request @ (Request::Join { .. } | Request::Renew { .. }) => {
+                let Some(app_tx) = self.app_tx.clone() else {
+                    let _ = reply_tx.send(Response::Error {
+                        code: ErrorCode::Unauthorized,
+                        message: "this node does not admit members".into(),
+                    });
+                    return;
+                };
+                let incoming = Incoming {
+                    from,
+                    request,
+                    reply_tx,
+                };
+                self.tasks.spawn(async move {
+                    let _ = app_tx.send(incoming).await;
+                });
+                return;
+            }
             Request::Control(Control::Disconnect) => {
                 self.isolate();
                 Response::Done
@@ -701,6 +841,47 @@ impl<T: Transport> Actor<T> {
                 reply_tx,
             } => self.echo(dest, payload, reply_tx),
             Command::AddPeer(peer) => self.add_seed(peer),
+            Command::Call {
+                peer,
+                request,
+                reply_tx,
+            } => {
+                let transport = self.transport.clone();
+                let timeout = self.config.request_timeout;
+                self.tasks.spawn(async move {
+                    let result = transport
+                        .call(peer, &request, timeout)
+                        .await
+                        .map_err(MeshError::from);
+                    let _ = reply_tx.send(result);
+                });
+            }
+            Command::SetValue { key, value, push } => {
+                self.membership.set_local_raw(&key, value);
+                if push {
+                    let request = Request::Gossip(GossipMsg::Push {
+                        delta: self.membership.own_delta(),
+                    });
+                    let peers: Vec<NodeId> = self
+                        .membership
+                        .nodes()
+                        .filter(|n| n.id != self.membership.self_id() && n.is_alive())
+                        .map(|n| n.id)
+                        .collect();
+                    for peer in peers {
+                        self.spawn_send(peer, request.clone());
+                    }
+                }
+            }
+            Command::Ban(peer, reason) => {
+                warn!(node = %self.node_name(&peer), "refusing node: {reason}");
+                self.membership.ban(peer);
+                self.links.forget(&peer);
+                self.seeds.remove(&peer);
+                self.transport.close_peer(peer, &reason);
+                self.process_events();
+            }
+            Command::Unban(peer) => self.membership.unban(&peer),
             Command::SetCapabilities(capabilities) => {
                 self.membership.set_local::<CapabilitiesKey>(&capabilities);
                 self.gradient.rebuild(&self.membership, Instant::now());
@@ -905,6 +1086,8 @@ fn describe(response: &Response) -> String {
         Response::Gossip(_) => "gossip".into(),
         Response::Pong { .. } => "pong".into(),
         Response::Done => "done".into(),
+        Response::Welcome { .. } => "welcome".into(),
+        Response::Token { .. } => "token".into(),
         Response::Routed { .. } => "routed reply".into(),
     }
 }

@@ -11,7 +11,9 @@ pub mod membership;
 pub mod peer;
 pub mod transport;
 
-pub use driver::{EchoResult, Mesh, MeshConfig, MeshError, MeshStatus, NodeInfo, RouteInfo};
+pub use driver::{
+    EchoResult, Hooks, Mesh, MeshConfig, MeshError, MeshStatus, NodeInfo, RouteInfo, ValueChanged,
+};
 pub use membership::Status;
 pub use peer::PeerAddr;
 pub mod sim;

@@ -132,6 +132,16 @@ impl NodeView<'_> {
     pub fn is_alive(&self) -> bool {
         self.status == Status::Alive
     }
+
+    /// The raw bytes under `key`.
+    pub fn raw(&self, key: &str) -> Option<&[u8]> {
+        self.state.values.get(key).map(|(_, bytes)| bytes.as_slice())
+    }
+
+    /// Every key this node holds.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.state.values.keys().map(String::as_str)
+    }
 }
 
 /// One node's whole view of the mesh.
@@ -140,6 +150,8 @@ pub struct Membership {
     self_id: NodeId,
     config: MembershipConfig,
     nodes: BTreeMap<NodeId, NodeState>,
+    /// Nodes refused admission (revoked, expired): their state is dropped and not relearned.
+    banned: std::collections::BTreeSet<NodeId>,
     events: Vec<Event>,
 }
 
@@ -153,6 +165,7 @@ impl Membership {
             self_id,
             config,
             nodes,
+            banned: Default::default(),
             events: Vec::new(),
         }
     }
@@ -318,8 +331,8 @@ impl Membership {
     }
 
     fn apply_node_delta(&mut self, delta: NodeDelta, now: Instant) {
-        if delta.node == self.self_id {
-            return; // only we write our own state
+        if delta.node == self.self_id || self.banned.contains(&delta.node) {
+            return; // only we write our own state; banned nodes stay out
         }
         let detector = self.config.detector;
         let is_new = !self.nodes.contains_key(&delta.node);
@@ -408,6 +421,35 @@ impl Membership {
         GossipMsg::Syn {
             digest: self.digest(),
         }
+    }
+
+    /// Drops a node and refuses any further state about it, until [`Membership::unban`].
+    pub fn ban(&mut self, id: NodeId) {
+        if id == self.self_id {
+            return;
+        }
+        self.banned.insert(id);
+        if self.nodes.remove(&id).is_some() {
+            self.events.push(Event::Forgotten(id));
+        }
+    }
+
+    pub fn unban(&mut self, id: &NodeId) {
+        self.banned.remove(id);
+    }
+
+    pub fn is_banned(&self, id: &NodeId) -> bool {
+        self.banned.contains(id)
+    }
+
+    /// This node's own values as a delta, to push to peers at once (urgent changes).
+    pub fn own_delta(&self) -> Delta {
+        self.nodes
+            .get(&self.self_id)
+            .map(|state| Delta {
+                nodes: vec![full_delta(self.self_id, state)],
+            })
+            .unwrap_or_default()
     }
 
     /// Events since the last call.
@@ -613,6 +655,21 @@ mod tests {
             a.get(&id(2)).unwrap().get::<NameKey>().as_deref(),
             Some("new")
         );
+    }
+
+    #[test]
+    fn banned_nodes_are_dropped_and_not_relearned() {
+        let now = Instant::now();
+        let mut a = Membership::new(id(1), 1, MembershipConfig::default(), now);
+        let mut b = Membership::new(id(2), 1, MembershipConfig::default(), now);
+        round(&mut a, &mut b, now);
+        a.ban(id(2));
+        assert!(a.get(&id(2)).is_none());
+        round(&mut a, &mut b, now);
+        assert!(a.get(&id(2)).is_none(), "gossip does not bring a banned node back");
+        a.unban(&id(2));
+        round(&mut a, &mut b, now);
+        assert!(a.get(&id(2)).is_some());
     }
 
     #[test]

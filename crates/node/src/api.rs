@@ -3,6 +3,9 @@
 
 use atmosphere_mesh::{EchoResult, Mesh, MeshError, MeshStatus, NodeInfo, RouteInfo};
 use atmosphere_proto::{Control, ErrorCode, NodeId};
+use std::time::Duration;
+
+use crate::trust::{AuthStatus, TrustError, TrustService};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -16,6 +19,9 @@ pub struct ApiState {
     pub mesh: Mesh,
     /// This node's `NODE_ID@IP:PORT` lines, for `atmosphere node id`.
     pub peer_addrs: Vec<String>,
+    /// The trust layer (absent in API tests over the in-memory transport).
+    pub trust: Option<TrustService>,
+    pub node_name: String,
 }
 
 /// An API error: a status code and a JSON body `{ "error": kind, "message": text }`.
@@ -67,6 +73,86 @@ impl From<MeshError> for ApiError {
     }
 }
 
+impl From<TrustError> for ApiError {
+    fn from(error: TrustError) -> Self {
+        let (status, kind) = match &error {
+            TrustError::AlreadyMember { .. } => (StatusCode::CONFLICT, "already_member"),
+            TrustError::NotMember => (StatusCode::CONFLICT, "not_member"),
+            TrustError::NotAuthority => (StatusCode::FORBIDDEN, "not_authority"),
+            TrustError::Refused(_) => (StatusCode::FORBIDDEN, "refused"),
+            TrustError::Unreachable(_) => (StatusCode::BAD_GATEWAY, "unreachable"),
+            TrustError::Token(_)
+            | TrustError::BadInvite(_)
+            | TrustError::NotForThisNode { .. }
+            | TrustError::BadTarget(_) => (StatusCode::BAD_REQUEST, "invalid"),
+            _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        };
+        Self {
+            status,
+            kind,
+            message: error.to_string(),
+        }
+    }
+}
+
+fn trust(state: &ApiState) -> Result<&TrustService, ApiError> {
+    state.trust.as_ref().ok_or(ApiError {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        kind: "no_trust",
+        message: "this node runs without a trust layer".into(),
+    })
+}
+
+/// Body of `POST /v1/mesh/init`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InitRequest {
+    pub name: String,
+}
+
+/// Body of `POST /v1/mesh/invite`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InviteRequest {
+    /// How long the invite stays usable (default 1 h).
+    pub ttl_secs: Option<u64>,
+}
+
+/// Answer of `POST /v1/mesh/invite` and `POST /v1/tokens`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Issued {
+    pub text: String,
+}
+
+/// Body of `POST /v1/mesh/join`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinRequest {
+    /// An invite (`atmo-invite1.…`) or a token (`atmo1.…`).
+    pub invite: String,
+}
+
+/// Body of `POST /v1/tokens`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IssueRequest {
+    pub node_key: NodeId,
+    pub name: String,
+    pub ttl_secs: Option<u64>,
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+}
+
+/// Body of `POST /v1/tokens/revoke`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RevokeRequest {
+    /// A node name or id, or a token id (32 hex digits).
+    pub target: String,
+    pub reason: Option<String>,
+}
+
+/// Answer of `POST /v1/tokens/revoke`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Revoked {
+    pub revoked: String,
+}
+
 /// `GET /v1/node`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NodeIdentity {
@@ -108,6 +194,12 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/mesh/ping", post(ping))
         .route("/v1/node/disconnect", post(disconnect))
         .route("/v1/node/reconnect", post(reconnect))
+        .route("/v1/auth/status", get(auth_status))
+        .route("/v1/mesh/init", post(init))
+        .route("/v1/mesh/invite", post(invite))
+        .route("/v1/mesh/join", post(join))
+        .route("/v1/tokens", post(issue))
+        .route("/v1/tokens/revoke", post(revoke))
         .with_state(state)
 }
 
@@ -152,6 +244,55 @@ async fn ping(
     let node = state.mesh.resolve(&request.node).await?;
     let echo = state.mesh.echo(node, b"atmosphere ping".to_vec()).await?;
     Ok(Json(PingResult { node, echo }))
+}
+
+async fn auth_status(State(state): State<ApiState>) -> Result<Json<AuthStatus>, ApiError> {
+    Ok(Json(trust(&state)?.status()))
+}
+
+async fn init(
+    State(state): State<ApiState>,
+    Json(request): Json<InitRequest>,
+) -> Result<Json<AuthStatus>, ApiError> {
+    Ok(Json(trust(&state)?.init(&request.name, &state.node_name).await?))
+}
+
+async fn invite(
+    State(state): State<ApiState>,
+    Json(request): Json<InviteRequest>,
+) -> Result<Json<Issued>, ApiError> {
+    let ttl = Duration::from_secs(request.ttl_secs.unwrap_or(3600));
+    Ok(Json(Issued {
+        text: trust(&state)?.invite(ttl).await?,
+    }))
+}
+
+async fn join(
+    State(state): State<ApiState>,
+    Json(request): Json<JoinRequest>,
+) -> Result<Json<AuthStatus>, ApiError> {
+    Ok(Json(trust(&state)?.join(&request.invite, &state.node_name).await?))
+}
+
+async fn issue(
+    State(state): State<ApiState>,
+    Json(request): Json<IssueRequest>,
+) -> Result<Json<Issued>, ApiError> {
+    let ttl = Duration::from_secs(request.ttl_secs.unwrap_or(24 * 3600));
+    Ok(Json(Issued {
+        text: trust(&state)?.issue(request.node_key, &request.name, ttl, request.capabilities)?,
+    }))
+}
+
+async fn revoke(
+    State(state): State<ApiState>,
+    Json(request): Json<RevokeRequest>,
+) -> Result<Json<Revoked>, ApiError> {
+    let reason = request.reason.as_deref().unwrap_or("revoked by the authority");
+    let target = trust(&state)?.revoke(&request.target, reason).await?;
+    Ok(Json(Revoked {
+        revoked: target.to_string(),
+    }))
 }
 
 async fn disconnect(
@@ -203,12 +344,14 @@ mod tests {
         let (mesh, _join) = Mesh::spawn(
             Arc::clone(&transport),
             incoming_rx,
-            None,
+            Default::default(),
             MeshConfig::for_test("solo"),
         );
         router(ApiState {
             mesh,
             peer_addrs: vec![],
+            trust: None,
+            node_name: "solo".into(),
         })
     }
 

@@ -50,6 +50,10 @@ pub struct NodeConfig {
     pub mesh: String,
     /// Capabilities this node declares, e.g. `["llm/7B", "rag"]`.
     pub capabilities: Vec<String>,
+    /// Lifetime of the tokens this node issues when it is the mesh authority (joins by invite,
+    /// renewals keep the lifetime of the token they replace).
+    #[serde(with = "humantime_serde")]
+    pub token_ttl: Duration,
     pub gossip: GossipSection,
 }
 
@@ -96,6 +100,7 @@ impl Default for NodeConfig {
             discovery: "auto".into(),
             mesh: "home".into(),
             capabilities: Vec::new(),
+            token_ttl: Duration::from_secs(24 * 3600),
             gossip: GossipSection::default(),
         }
     }
@@ -241,6 +246,9 @@ mesh = "home"
 
 # What this node offers, as NAME or NAME/DETAIL.
 capabilities = ["llm/7B", "rag"]
+
+# Lifetime of tokens this node issues as the mesh authority; members renew at 2/3.
+token_ttl = "24h"
 
 [gossip]
 interval = "500ms"          # time between rounds

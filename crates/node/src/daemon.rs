@@ -9,7 +9,7 @@ use std::time::Duration;
 use atmosphere_mesh::discovery::{Discovery, DiscoveryMode};
 use atmosphere_mesh::transport::Transport;
 use atmosphere_mesh::transport::quic::{QuicConfig, QuicTransport};
-use atmosphere_mesh::{Mesh, PeerAddr, Status};
+use atmosphere_mesh::{Hooks, Mesh, PeerAddr, Status};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
@@ -18,6 +18,7 @@ use crate::api::{ApiState, router};
 use crate::config::{ConfigError, NodeConfig};
 use crate::identity::{self, IdentityError};
 use crate::store::{Store, StoreError};
+use crate::trust::{self, TrustError, TrustService};
 
 /// Why the node could not run.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +34,8 @@ pub enum NodeError {
     Bind(#[from] atmosphere_mesh::transport::quic::BindError),
     #[error(transparent)]
     Discovery(#[from] atmosphere_mesh::discovery::DiscoveryError),
+    #[error(transparent)]
+    Trust(#[from] TrustError),
     #[error(
         "cannot serve the API on {addr}: {source} (is another node using the port? set `api` or --api)"
     )]
@@ -76,8 +79,20 @@ pub async fn run(
         }
     }
 
-    let (transport, incoming_rx) =
-        QuicTransport::bind(secret_key, QuicConfig::new(config.listen)).await?;
+    let self_id = atmosphere_mesh::transport::quic::node_id(&secret_key.public());
+    let store = Arc::new(store);
+    let (trust, readmitted_rx, loaded) = TrustService::load(
+        self_id,
+        store.clone(),
+        config.data_dir.clone(),
+        config.token_ttl,
+    )?;
+    let (transport, incoming_rx) = QuicTransport::bind_with_gate(
+        secret_key,
+        QuicConfig::new(config.listen),
+        Some(trust.clone()),
+    )
+    .await?;
     let id = transport.local_id();
     let quic_addrs = transport.local_addrs();
     if created {
@@ -102,12 +117,24 @@ pub async fn run(
         warn!("LAN discovery with a loopback listen address: peers will not be able to connect");
     }
 
+    let (app_tx, app_rx) = mpsc::channel(64);
     let (mesh, mesh_task) = Mesh::spawn(
         transport.clone(),
         incoming_rx,
-        discovery.is_some().then_some(found_rx),
+        Hooks {
+            discovered_rx: discovery.is_some().then_some(found_rx),
+            app_tx: Some(app_tx),
+        },
         mesh_config.clone(),
     );
+    let trust_service = loaded.into_service(trust, mesh.clone());
+    let trust_cancel = tokio_util::sync::CancellationToken::new();
+    let trust_task = tokio::spawn(trust::run(
+        trust_service.clone(),
+        app_rx,
+        readmitted_rx,
+        trust_cancel.clone(),
+    ));
 
     let listener = TcpListener::bind(config.api)
         .await
@@ -132,9 +159,10 @@ pub async fn run(
     let app = router(ApiState {
         mesh: mesh.clone(),
         peer_addrs,
+        trust: Some(trust_service),
+        node_name: mesh_config.name.clone(),
     });
 
-    let store = Arc::new(store);
     let saver = tokio::spawn(save_peers_periodically(mesh.clone(), store.clone()));
 
     on_ready(&Ready {
@@ -166,6 +194,8 @@ pub async fn run(
         warn!("leave announcement timed out");
     }
     saver.abort();
+    trust_cancel.cancel();
+    let _ = trust_task.await;
     let _ = stop_tx.send(());
     let _ = server.await;
     mesh.shutdown();

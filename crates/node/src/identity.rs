@@ -28,34 +28,61 @@ pub enum IdentityError {
 
 /// Loads the key from `data_dir`, or makes and stores a new one. Returns it and whether it is new.
 pub fn load_or_create(data_dir: &Path) -> Result<(SecretKey, bool), IdentityError> {
-    let path = data_dir.join(KEY_FILE);
+    let (bytes, created) = load_or_create_key(data_dir, KEY_FILE)?;
+    Ok((SecretKey::from_bytes(&bytes), created))
+}
+
+/// Loads a 32-byte secret kept as hex in `data_dir/file` (0600), if it exists.
+pub fn load_key(data_dir: &Path, file: &str) -> Result<Option<[u8; 32]>, IdentityError> {
+    let path = data_dir.join(file);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            check_permissions(&path)?;
+            parse_hex32(text.trim())
+                .map(Some)
+                .ok_or(IdentityError::Corrupt { path })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(IdentityError::Io {
+            action: "read",
+            path,
+            source,
+        }),
+    }
+}
+
+/// Stores a new 32-byte secret in `data_dir/file` with mode 0600, atomically; refuses to
+/// overwrite one that exists.
+pub fn store_key(data_dir: &Path, file: &str, bytes: &[u8; 32]) -> Result<(), IdentityError> {
+    let path = data_dir.join(file);
     let io = |action, source| IdentityError::Io {
         action,
         path: path.clone(),
         source,
     };
-    match std::fs::read_to_string(&path) {
-        Ok(text) => {
-            check_permissions(&path)?;
-            let bytes =
-                parse_hex32(text.trim()).ok_or(IdentityError::Corrupt { path: path.clone() })?;
-            Ok((SecretKey::from_bytes(&bytes), false))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(data_dir).map_err(|e| io("create directory for", e))?;
-            let key = SecretKey::generate();
-            let hex: String = key.to_bytes().iter().map(|b| format!("{b:02x}")).collect();
-            // Written to a private temporary file and renamed: never a half-written key.
-            let tmp = data_dir.join(format!(".{KEY_FILE}.tmp"));
-            let mut file = private_file(&tmp).map_err(|e| io("create", e))?;
-            file.write_all(hex.as_bytes())
-                .and_then(|()| file.sync_all())
-                .map_err(|e| io("write", e))?;
-            std::fs::rename(&tmp, &path).map_err(|e| io("store", e))?;
-            Ok((key, true))
-        }
-        Err(e) => Err(io("read", e)),
+    if path.exists() {
+        return Err(io(
+            "overwrite",
+            std::io::Error::new(std::io::ErrorKind::AlreadyExists, "a key is already there"),
+        ));
     }
+    std::fs::create_dir_all(data_dir).map_err(|e| io("create directory for", e))?;
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let tmp = data_dir.join(format!(".{file}.tmp"));
+    let mut file = private_file(&tmp).map_err(|e| io("create", e))?;
+    file.write_all(hex.as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(|e| io("write", e))?;
+    std::fs::rename(&tmp, &path).map_err(|e| io("store", e))
+}
+
+fn load_or_create_key(data_dir: &Path, file: &str) -> Result<([u8; 32], bool), IdentityError> {
+    if let Some(bytes) = load_key(data_dir, file)? {
+        return Ok((bytes, false));
+    }
+    let key = SecretKey::generate().to_bytes();
+    store_key(data_dir, file, &key)?;
+    Ok((key, true))
 }
 
 #[cfg(unix)]

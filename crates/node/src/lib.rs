@@ -7,6 +7,7 @@ pub mod config;
 pub mod daemon;
 pub mod identity;
 pub mod store;
+pub mod trust;
 
 pub use config::NodeConfig;
 pub use daemon::{NodeError, run};

@@ -12,6 +12,10 @@ pub const DB_FILE: &str = "node.redb";
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const PEERS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("peers");
+/// Mesh membership: `mesh_id`, `mesh_name`, `token`, `revocations`.
+const AUTH: TableDefinition<&str, &[u8]> = TableDefinition::new("auth");
+/// Open invites: hash of the one-time secret → expiry (Unix seconds).
+const INVITES: TableDefinition<&[u8; 32], u64> = TableDefinition::new("invites");
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +104,56 @@ impl Store {
     }
 }
 
+impl Store {
+    /// A value of the auth table.
+    pub fn auth_get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = match txn.open_table(AUTH) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(db_err(e)),
+        };
+        Ok(table.get(key).map_err(db_err)?.map(|v| v.value().to_vec()))
+    }
+
+    /// Writes several auth values in one transaction.
+    pub fn auth_put(&self, values: &[(&str, &[u8])]) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut table = txn.open_table(AUTH).map_err(db_err)?;
+            for (key, value) in values {
+                table.insert(*key, *value).map_err(db_err)?;
+            }
+        }
+        txn.commit().map_err(db_err)
+    }
+
+    /// Records an open invite by the hash of its secret.
+    pub fn add_invite(&self, secret_hash: &[u8; 32], expires_at: u64) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut table = txn.open_table(INVITES).map_err(db_err)?;
+            table.insert(secret_hash, expires_at).map_err(db_err)?;
+        }
+        txn.commit().map_err(db_err)
+    }
+
+    /// Consumes an invite: true exactly once for an open, unexpired invite (atomic).
+    pub fn take_invite(&self, secret_hash: &[u8; 32], now: u64) -> Result<bool, StoreError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        let valid = {
+            let mut table = txn.open_table(INVITES).map_err(db_err)?;
+            let expires_at = table
+                .remove(secret_hash)
+                .map_err(db_err)?
+                .map(|v| v.value());
+            expires_at.is_some_and(|at| now < at)
+        };
+        txn.commit().map_err(db_err)?;
+        Ok(valid)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,5 +174,20 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(store.next_generation().unwrap(), 3);
         assert_eq!(store.load_peers().unwrap(), vec![peer]);
+    }
+
+    #[test]
+    fn invites_are_one_time_and_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.add_invite(&[1; 32], 100).unwrap();
+        store.add_invite(&[2; 32], 100).unwrap();
+        assert!(store.take_invite(&[1; 32], 50).unwrap());
+        assert!(!store.take_invite(&[1; 32], 50).unwrap(), "replayed");
+        assert!(!store.take_invite(&[2; 32], 100).unwrap(), "expired");
+        assert!(!store.take_invite(&[3; 32], 50).unwrap(), "unknown");
+        store.auth_put(&[("token", b"abc")]).unwrap();
+        assert_eq!(store.auth_get("token").unwrap().as_deref(), Some(&b"abc"[..]));
+        assert_eq!(store.auth_get("nothing").unwrap(), None);
     }
 }

@@ -68,6 +68,22 @@ impl RecordKey for LinksKey {
     type Value = Vec<Link>;
 }
 
+/// The node's current join token (binary form). Public: it is bound to the node's key.
+#[derive(Debug)]
+pub struct TokenKey;
+impl RecordKey for TokenKey {
+    const KEY: &'static str = "token";
+    type Value = Vec<u8>;
+}
+
+/// The signed revocations the node knows (relayed by every node; each checks the signatures).
+#[derive(Debug)]
+pub struct RevocationsKey;
+impl RecordKey for RevocationsKey {
+    const KEY: &'static str = "revocations";
+    type Value = Vec<u8>;
+}
+
 /// Present (true) once the node has announced an orderly leave.
 #[derive(Debug)]
 pub struct LeftKey;

@@ -14,6 +14,14 @@ pub enum Request {
     Ping { nonce: u64 },
     /// Steering of the receiving node itself (the spec's `node disconnect` / `reconnect`).
     Control(Control),
+    /// Admission handshake, the first request on a connection: the sender's token. Answered with
+    /// [`Response::Welcome`] carrying the receiver's token, or an `Unauthorized` error and a close.
+    Hello { token: Vec<u8> },
+    /// A new node asks the authority for a token with a one-time invite secret. The only request
+    /// accepted before admission; the token is bound to the connection's proven key.
+    Join { secret: Vec<u8>, name: String },
+    /// A member asks the authority to renew its current token before it expires.
+    Renew { token: Vec<u8> },
     /// Work addressed to `dest`, relayed hop by hop along the gradient table.
     Routed {
         dest: NodeId,
@@ -59,6 +67,8 @@ pub enum ErrorCode {
     Isolated,
     /// The receiving node failed while handling the request.
     Internal,
+    /// The sender is not admitted (no token, or a bad one), or may not do this.
+    Unauthorized,
 }
 
 /// The answer to a [`Request`].
@@ -70,6 +80,14 @@ pub enum Response {
         nonce: u64,
     },
     Done,
+    /// Handshake accepted; the receiver's own token.
+    Welcome {
+        token: Vec<u8>,
+    },
+    /// A token issued by the authority (answer to `Join` and `Renew`).
+    Token {
+        token: Vec<u8>,
+    },
     Routed {
         /// Every node the request passed through, the origin first and the destination last.
         path: Vec<NodeId>,

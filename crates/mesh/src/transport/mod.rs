@@ -33,10 +33,22 @@ pub enum TransportError {
     Frame(#[from] FrameError),
     #[error("connection to {peer} lost: {reason}")]
     ConnectionLost { peer: String, reason: String },
+    #[error("peer {peer} refused or was refused admission: {reason}")]
+    Unauthorized { peer: String, reason: String },
     #[error("the peer dropped the request without answering")]
     NoResponse,
     #[error("transport is shut down")]
     Closed,
+}
+
+/// Admission control for a transport: what this node presents, and whom it lets in. The node's
+/// trust layer implements it; the transport calls it during each connection's handshake.
+pub trait Gatekeeper: Send + Sync + std::fmt::Debug + 'static {
+    /// This node's credential (its token), or `None` before it has joined a mesh.
+    fn credential(&self) -> Option<Vec<u8>>;
+
+    /// Admits `peer` (its key proven by QUIC) presenting `credential`, or says why not.
+    fn admit(&self, peer: NodeId, credential: &[u8]) -> Result<(), String>;
 }
 
 /// A request/response transport between nodes. One connection per peer, one stream per call.

@@ -10,6 +10,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use atmosphere_proto::frame::{self, HEADER_BYTES};
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use atmosphere_proto::{ErrorCode, NodeId, Request, Response};
 use iroh::endpoint::{Connection, QuicTransportConfig, RecvStream, SendStream, presets};
 use iroh::{Endpoint, EndpointAddr, RelayMode, SecretKey, TransportAddr};
@@ -18,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
-use super::{Incoming, Transport, TransportError};
+use super::{Gatekeeper, Incoming, Transport, TransportError};
 
 /// The ALPN of Atmosphere's mesh protocol, version 1.
 pub const ALPN: &[u8] = b"atmosphere/mesh/1";
@@ -82,9 +84,14 @@ struct Inner {
     config: QuicConfig,
     peers: Mutex<Peers>,
     incoming_tx: mpsc::Sender<Incoming>,
+    /// Admission control; `None` admits every peer (tests of the mesh core only).
+    gate: Option<Arc<dyn Gatekeeper>>,
     cancel: CancellationToken,
     tasks: TaskTracker,
 }
+
+/// Close code used when a peer is refused; the reason travels with it.
+const CLOSE_REFUSED: u32 = 403;
 
 /// Converts between our wire id and iroh's key type; every 32-byte id from a live connection is
 /// a valid key, so this only fails for ids that came from elsewhere.
@@ -105,6 +112,16 @@ impl QuicTransport {
     pub async fn bind(
         secret_key: SecretKey,
         config: QuicConfig,
+    ) -> Result<(Arc<Self>, mpsc::Receiver<Incoming>), BindError> {
+        Self::bind_with_gate(secret_key, config, None).await
+    }
+
+    /// Like [`QuicTransport::bind`], with admission control: every connection starts with a
+    /// `Hello` carrying a token, checked by `gate` on both sides.
+    pub async fn bind_with_gate(
+        secret_key: SecretKey,
+        config: QuicConfig,
+        gate: Option<Arc<dyn Gatekeeper>>,
     ) -> Result<(Arc<Self>, mpsc::Receiver<Incoming>), BindError> {
         let idle = config
             .idle_timeout
@@ -141,6 +158,7 @@ impl QuicTransport {
             config,
             peers: Mutex::new(Peers::default()),
             incoming_tx,
+            gate,
             cancel: CancellationToken::new(),
             tasks: TaskTracker::new(),
         });
@@ -184,8 +202,9 @@ impl Inner {
                 match connecting.await {
                     Ok(connection) => {
                         let peer = node_id(&connection.remote_id());
+                        let admitted = Arc::new(AtomicBool::new(this.gate.is_none()));
                         this.adopt(peer, &connection);
-                        this.serve(peer, connection).await;
+                        this.serve(peer, connection, admitted).await;
                     }
                     Err(e) => debug!("handshake failed: {e}"),
                 }
@@ -207,7 +226,7 @@ impl Inner {
     }
 
     /// Serves the streams of one connection until it closes.
-    async fn serve(self: Arc<Self>, peer: NodeId, connection: Connection) {
+    async fn serve(self: Arc<Self>, peer: NodeId, connection: Connection, admitted: Arc<AtomicBool>) {
         loop {
             let stream = tokio::select! {
                 biased;
@@ -221,9 +240,11 @@ impl Inner {
                     break;
                 }
             };
-            let this = self.clone();
-            self.tasks
-                .spawn(async move { this.serve_stream(peer, send, recv).await });
+            let (this, connection, admitted) = (self.clone(), connection.clone(), admitted.clone());
+            self.tasks.spawn(async move {
+                this.serve_stream(peer, &connection, &admitted, send, recv)
+                    .await
+            });
         }
         let mut peers = self.peers();
         if peers
@@ -235,8 +256,31 @@ impl Inner {
         }
     }
 
-    async fn serve_stream(&self, peer: NodeId, mut send: SendStream, mut recv: RecvStream) {
+    async fn serve_stream(
+        &self,
+        peer: NodeId,
+        connection: &Connection,
+        admitted: &AtomicBool,
+        mut send: SendStream,
+        mut recv: RecvStream,
+    ) {
+        let mut refused = None;
         let response = match read_frame::<Request>(&mut recv, self.config.max_frame_bytes).await {
+            Ok(Request::Hello { token }) => match self.handshake(peer, &token) {
+                Ok(welcome) => {
+                    admitted.store(true, Ordering::Release);
+                    welcome
+                }
+                Err(reason) => {
+                    refused = Some(reason.clone());
+                    unauthorized(reason)
+                }
+            },
+            Ok(request) if !admitted.load(Ordering::Acquire) && !matches!(request, Request::Join { .. }) => {
+                let reason = "not admitted: a connection must start with a Hello carrying a valid token".to_owned();
+                refused = Some(reason.clone());
+                unauthorized(reason)
+            }
             Ok(request) => {
                 let (reply_tx, reply_rx) = oneshot::channel();
                 let incoming = Incoming {
@@ -262,6 +306,49 @@ impl Inner {
         };
         if let Err(e) = write_frame(&mut send, &response, self.config.max_frame_bytes).await {
             debug!(peer = %peer.short(), "could not answer: {e}");
+        }
+        if let Some(reason) = refused {
+            warn!(peer = %peer.short(), "refused: {reason}");
+            // Let the answer leave before the close: wait until the peer has read it.
+            let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
+            connection.close(CLOSE_REFUSED.into(), reason.as_bytes());
+        }
+    }
+
+    /// Checks a peer's Hello; returns our Welcome.
+    fn handshake(&self, peer: NodeId, token: &[u8]) -> Result<Response, String> {
+        let Some(gate) = &self.gate else {
+            return Ok(Response::Welcome { token: Vec::new() });
+        };
+        gate.admit(peer, token)?;
+        let ours = gate
+            .credential()
+            .ok_or_else(|| "this node has not joined a mesh yet".to_owned())?;
+        Ok(Response::Welcome { token: ours })
+    }
+
+    /// Our side of the handshake on a connection we dialled: present our token, check theirs.
+    async fn hello(&self, peer: NodeId, connection: &Connection) -> Result<(), TransportError> {
+        let Some(gate) = &self.gate else {
+            return Ok(());
+        };
+        // Before joining, a node may only ask for a token (Join); it presents nothing.
+        let Some(credential) = gate.credential() else {
+            return Ok(());
+        };
+        let refused = |reason: String| TransportError::Unauthorized {
+            peer: peer.short(),
+            reason,
+        };
+        let (mut send, mut recv) = connection.open_bi().await.map_err(|e| refused(e.to_string()))?;
+        write_frame(&mut send, &Request::Hello { token: credential }, self.config.max_frame_bytes).await?;
+        match read_frame::<Response>(&mut recv, self.config.max_frame_bytes).await? {
+            Response::Welcome { token } => gate.admit(peer, &token).map_err(|reason| {
+                connection.close(CLOSE_REFUSED.into(), reason.as_bytes());
+                refused(reason)
+            }),
+            Response::Error { message, .. } => Err(refused(message)),
+            other => Err(refused(format!("unexpected answer to Hello: {other:?}"))),
         }
     }
 
@@ -303,11 +390,13 @@ impl Inner {
                 peer: peer.short(),
                 reason: e.to_string(),
             })?;
+        self.hello(peer, &connection).await?;
         self.peers().connections.insert(peer, connection.clone());
-        // Serve the streams the peer opens on our connection too.
+        // Serve the streams the peer opens on our connection too; it passed our check above.
         let (this, serving) = (self.clone(), connection.clone());
+        let admitted = Arc::new(AtomicBool::new(true));
         self.tasks
-            .spawn(async move { this.serve(peer, serving).await });
+            .spawn(async move { this.serve(peer, serving, admitted).await });
         Ok(connection)
     }
 
@@ -393,6 +482,13 @@ impl Transport for QuicTransport {
         if let Some(connection) = self.inner.peers().connections.remove(&peer) {
             connection.close(0u32.into(), reason.as_bytes());
         }
+    }
+}
+
+fn unauthorized(message: String) -> Response {
+    Response::Error {
+        code: ErrorCode::Unauthorized,
+        message,
     }
 }
 

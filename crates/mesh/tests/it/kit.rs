@@ -48,7 +48,7 @@ pub fn start_mem(
             addrs: vec![],
         })
         .collect();
-    let (mesh, _join) = Mesh::spawn(Arc::clone(&transport), incoming_rx, None, config);
+    let (mesh, _join) = Mesh::spawn(Arc::clone(&transport), incoming_rx, Default::default(), config);
     MemNode { id, mesh }
 }
 

@@ -19,7 +19,7 @@ async fn start_quic(name: &str, bootstrap: Vec<PeerAddr>) -> (Mesh, std::sync::A
     let mut config = MeshConfig::for_test(name);
     config.bootstrap = bootstrap;
     config.capabilities = caps(&["llm"]);
-    let (mesh, _join) = Mesh::spawn(transport.clone(), incoming_rx, None, config);
+    let (mesh, _join) = Mesh::spawn(transport.clone(), incoming_rx, Default::default(), config);
     (mesh, transport)
 }
 
