@@ -8,9 +8,9 @@ use atmosphere_node::api::{
     ControlResult, ErrorBody, InitRequest, InviteRequest, IssueRequest, Issued, JoinRequest,
     NodeIdentity, NodeRequest, PingResult, RevokeRequest, Revoked,
 };
+use atmosphere_node::daemon::Ready;
 use atmosphere_node::trust::AuthStatus;
 use atmosphere_proto::NodeId;
-use atmosphere_node::daemon::Ready;
 use serde::de::DeserializeOwned;
 
 pub use atmosphere_mesh::{MeshStatus, NodeInfo, RouteInfo};

@@ -277,7 +277,10 @@ pub async fn run(args: DemoArgs, json: bool) -> Result<()> {
 async fn form_mesh(clients: &[Client], fleet: &Fleet, json: bool) -> Result<()> {
     let authority = &clients[0];
     if !authority.auth_status().await?.member {
-        authority.init("home").await.context("creating the mesh on Mac-Studio")?;
+        authority
+            .init("home")
+            .await
+            .context("creating the mesh on Mac-Studio")?;
         if !json {
             println!("Mac-Studio created the mesh \"home\" and holds its authority key.");
         }

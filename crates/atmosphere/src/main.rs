@@ -255,7 +255,12 @@ async fn dispatch(cli: Cli) -> Result<()> {
         }
         Command::Token(TokenCommand::Revoke { target, reason }) => {
             let revoked = client.revoke(&target, reason).await?;
-            render::output(json, &revoked, |r| format!("Revoked {}; every node drops it within two gossip rounds.\n", r.revoked))
+            render::output(json, &revoked, |r| {
+                format!(
+                    "Revoked {}; every node drops it within two gossip rounds.\n",
+                    r.revoked
+                )
+            })
         }
         Command::Auth(AuthCommand::Verify) => {
             let status = client.auth_status().await?;

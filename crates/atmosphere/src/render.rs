@@ -210,19 +210,33 @@ pub fn auth_status(status: &AuthStatus) -> String {
     }
     let mut out = String::new();
     let state = match status.token_status.as_str() {
-        "valid" => format!("Valid (expires in {})", human_secs(status.expires_in_secs.unwrap_or(0))),
+        "valid" => format!(
+            "Valid (expires in {})",
+            human_secs(status.expires_in_secs.unwrap_or(0))
+        ),
         "expired" => "Expired (the node renews while it can reach the authority)".into(),
         "revoked" => "Revoked".into(),
         other => format!("Invalid ({other})"),
     };
     let _ = writeln!(out, "Token: {state}");
-    let _ = writeln!(out, "Verified: Offline (no network call, {} µs)", status.verify_micros);
+    let _ = writeln!(
+        out,
+        "Verified: Offline (no network call, {} µs)",
+        status.verify_micros
+    );
     let _ = writeln!(
         out,
         "Mesh: {} ({}){}",
         status.mesh_name.as_deref().unwrap_or("-"),
-        status.mesh_id.as_deref().map_or("-", |id| &id[..16.min(id.len())]),
-        if status.authority { ", this node is the authority" } else { "" }
+        status
+            .mesh_id
+            .as_deref()
+            .map_or("-", |id| &id[..16.min(id.len())]),
+        if status.authority {
+            ", this node is the authority"
+        } else {
+            ""
+        }
     );
     if let Some(name) = &status.name {
         let _ = writeln!(out, "Node: {name} ({})", status.node.short());

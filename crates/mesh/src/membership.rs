@@ -135,7 +135,10 @@ impl NodeView<'_> {
 
     /// The raw bytes under `key`.
     pub fn raw(&self, key: &str) -> Option<&[u8]> {
-        self.state.values.get(key).map(|(_, bytes)| bytes.as_slice())
+        self.state
+            .values
+            .get(key)
+            .map(|(_, bytes)| bytes.as_slice())
     }
 
     /// Every key this node holds.
@@ -666,7 +669,10 @@ mod tests {
         a.ban(id(2));
         assert!(a.get(&id(2)).is_none());
         round(&mut a, &mut b, now);
-        assert!(a.get(&id(2)).is_none(), "gossip does not bring a banned node back");
+        assert!(
+            a.get(&id(2)).is_none(),
+            "gossip does not bring a banned node back"
+        );
         a.unban(&id(2));
         round(&mut a, &mut b, now);
         assert!(a.get(&id(2)).is_some());

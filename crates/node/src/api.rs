@@ -254,7 +254,9 @@ async fn init(
     State(state): State<ApiState>,
     Json(request): Json<InitRequest>,
 ) -> Result<Json<AuthStatus>, ApiError> {
-    Ok(Json(trust(&state)?.init(&request.name, &state.node_name).await?))
+    Ok(Json(
+        trust(&state)?.init(&request.name, &state.node_name).await?,
+    ))
 }
 
 async fn invite(
@@ -271,7 +273,11 @@ async fn join(
     State(state): State<ApiState>,
     Json(request): Json<JoinRequest>,
 ) -> Result<Json<AuthStatus>, ApiError> {
-    Ok(Json(trust(&state)?.join(&request.invite, &state.node_name).await?))
+    Ok(Json(
+        trust(&state)?
+            .join(&request.invite, &state.node_name)
+            .await?,
+    ))
 }
 
 async fn issue(
@@ -288,7 +294,10 @@ async fn revoke(
     State(state): State<ApiState>,
     Json(request): Json<RevokeRequest>,
 ) -> Result<Json<Revoked>, ApiError> {
-    let reason = request.reason.as_deref().unwrap_or("revoked by the authority");
+    let reason = request
+        .reason
+        .as_deref()
+        .unwrap_or("revoked by the authority");
     let target = trust(&state)?.revoke(&request.target, reason).await?;
     Ok(Json(Revoked {
         revoked: target.to_string(),

@@ -187,7 +187,10 @@ mod tests {
         assert!(!store.take_invite(&[2; 32], 100).unwrap(), "expired");
         assert!(!store.take_invite(&[3; 32], 50).unwrap(), "unknown");
         store.auth_put(&[("token", b"abc")]).unwrap();
-        assert_eq!(store.auth_get("token").unwrap().as_deref(), Some(&b"abc"[..]));
+        assert_eq!(
+            store.auth_get("token").unwrap().as_deref(),
+            Some(&b"abc"[..])
+        );
         assert_eq!(store.auth_get("nothing").unwrap(), None);
     }
 }

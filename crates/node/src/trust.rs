@@ -32,9 +32,13 @@ pub const AUTHORITY_KEY_FILE: &str = "authority.key";
 pub enum TrustError {
     #[error("this node already belongs to mesh {name:?} ({id})")]
     AlreadyMember { name: String, id: String },
-    #[error("this node has not joined a mesh: run `atmosphere mesh init --name NAME` or `atmosphere mesh join INVITE`")]
+    #[error(
+        "this node has not joined a mesh: run `atmosphere mesh init --name NAME` or `atmosphere mesh join INVITE`"
+    )]
     NotMember,
-    #[error("only the mesh authority can do this; run it on the node where `atmosphere mesh init` ran")]
+    #[error(
+        "only the mesh authority can do this; run it on the node where `atmosphere mesh init` ran"
+    )]
     NotAuthority,
     #[error(transparent)]
     Token(#[from] TokenError),
@@ -240,7 +244,10 @@ impl TrustService {
         if let Some(token) = token {
             let _ = self.mesh.set_value(TokenKey::KEY, token, false).await;
         }
-        let _ = self.mesh.set_value(RevocationsKey::KEY, revocations, push).await;
+        let _ = self
+            .mesh
+            .set_value(RevocationsKey::KEY, revocations, push)
+            .await;
     }
 
     fn persist(&self) -> Result<(), TrustError> {
@@ -248,7 +255,11 @@ impl TrustService {
         let Some((mesh, name)) = &state.mesh else {
             return Ok(());
         };
-        let token = state.token.as_ref().map(|t| t.token.to_bytes()).unwrap_or_default();
+        let token = state
+            .token
+            .as_ref()
+            .map(|t| t.token.to_bytes())
+            .unwrap_or_default();
         let revocations = state.revocations.to_bytes();
         self.store.auth_put(&[
             ("mesh_id", &mesh.0),
@@ -259,7 +270,15 @@ impl TrustService {
         Ok(())
     }
 
-    fn claims_for(&self, mesh: MeshId, node: NodeId, name: &str, capabilities: Vec<String>, authority: bool, ttl: Duration) -> Claims {
+    fn claims_for(
+        &self,
+        mesh: MeshId,
+        node: NodeId,
+        name: &str,
+        capabilities: Vec<String>,
+        authority: bool,
+        ttl: Duration,
+    ) -> Claims {
         let now = unix_now();
         Claims {
             mesh,
@@ -288,7 +307,14 @@ impl TrustService {
         let authority = AuthorityKey::generate();
         identity::store_key(&self.data_dir, AUTHORITY_KEY_FILE, &authority.to_bytes())?;
         let mesh = authority.mesh_id();
-        let claims = self.claims_for(mesh, self.self_id(), node_name, Vec::new(), true, self.token_ttl);
+        let claims = self.claims_for(
+            mesh,
+            self.self_id(),
+            node_name,
+            Vec::new(),
+            true,
+            self.token_ttl,
+        );
         let token = Token::issue(&authority, &claims);
         let verified = token.verify_signature(&mesh, unix_now())?;
         {
@@ -336,7 +362,13 @@ impl TrustService {
     }
 
     /// `token issue`: a token for another node's key, signed here.
-    pub fn issue(&self, node: NodeId, name: &str, ttl: Duration, capabilities: Vec<String>) -> Result<String, TrustError> {
+    pub fn issue(
+        &self,
+        node: NodeId,
+        name: &str,
+        ttl: Duration,
+        capabilities: Vec<String>,
+    ) -> Result<String, TrustError> {
         let state = self.trust.read();
         let authority = state.authority.as_ref().ok_or(TrustError::NotAuthority)?;
         let claims = self.claims_for(authority.mesh_id(), node, name, capabilities, false, ttl);
@@ -375,7 +407,9 @@ impl TrustService {
                 other => return Err(TrustError::Refused(format!("unexpected answer {other:?}"))),
             };
             if token.claims_unverified()?.mesh != invite.mesh {
-                return Err(TrustError::Refused("the authority answered with another mesh's token".into()));
+                return Err(TrustError::Refused(
+                    "the authority answered with another mesh's token".into(),
+                ));
             }
             (token, invite.mesh_name)
         } else {
@@ -390,7 +424,12 @@ impl TrustService {
                 this: self.self_id().short(),
             });
         }
-        let verified = token.verify(&claims.mesh, &self.self_id(), unix_now(), &RevocationSet::default())?;
+        let verified = token.verify(
+            &claims.mesh,
+            &self.self_id(),
+            unix_now(),
+            &RevocationSet::default(),
+        )?;
         {
             let mut state = self.trust.write();
             state.mesh = Some((claims.mesh, mesh_name.clone()));
@@ -414,7 +453,9 @@ impl TrustService {
             ),
         };
         if target == RevokedTarget::Node(self.self_id()) {
-            return Err(TrustError::BadTarget("the authority cannot revoke itself".into()));
+            return Err(TrustError::BadTarget(
+                "the authority cannot revoke itself".into(),
+            ));
         }
         let added = {
             let mut state = self.trust.write();
@@ -464,9 +505,14 @@ impl TrustService {
         let started = std::time::Instant::now();
         let (token_status, claims) = match (&state.mesh, &state.token) {
             (Some((mesh, _)), Some(token)) => {
-                match token.token.verify(mesh, &self.self_id(), now, &state.revocations) {
+                match token
+                    .token
+                    .verify(mesh, &self.self_id(), now, &state.revocations)
+                {
                     Ok(verified) => ("valid".to_owned(), Some(verified.claims)),
-                    Err(TokenError::Expired { .. }) => ("expired".into(), Some(token.claims.clone())),
+                    Err(TokenError::Expired { .. }) => {
+                        ("expired".into(), Some(token.claims.clone()))
+                    }
                     Err(TokenError::Revoked(_) | TokenError::NodeRevoked(_)) => {
                         ("revoked".into(), Some(token.claims.clone()))
                     }
@@ -486,7 +532,10 @@ impl TrustService {
             token_status,
             token_id: claims.as_ref().map(|c| c.token_id.to_string()),
             name: claims.as_ref().map(|c| c.name.clone()),
-            capabilities: claims.as_ref().map(|c| c.capabilities.clone()).unwrap_or_default(),
+            capabilities: claims
+                .as_ref()
+                .map(|c| c.capabilities.clone())
+                .unwrap_or_default(),
             issued_at: claims.as_ref().map(|c| c.issued_at),
             expires_at: claims.as_ref().map(|c| c.expires_at),
             expires_in_secs: claims.as_ref().map(|c| c.expires_at.saturating_sub(now)),
@@ -502,7 +551,10 @@ impl TrustService {
         let refuse = |code, message: String| Response::Error { code, message };
         let state = self.trust.read();
         let Some(authority) = state.authority.as_ref() else {
-            return refuse(ErrorCode::Unauthorized, "this node is not the mesh authority".into());
+            return refuse(
+                ErrorCode::Unauthorized,
+                "this node is not the mesh authority".into(),
+            );
         };
         let mesh = authority.mesh_id();
         match request {
@@ -514,7 +566,10 @@ impl TrustService {
                     Ok(true) => {}
                     Ok(false) => {
                         warn!(peer = %from.short(), "join refused: unknown, used or expired invite");
-                        return refuse(ErrorCode::Unauthorized, "invite is unknown, already used or expired".into());
+                        return refuse(
+                            ErrorCode::Unauthorized,
+                            "invite is unknown, already used or expired".into(),
+                        );
                     }
                     Err(e) => return refuse(ErrorCode::Internal, e.to_string()),
                 }
@@ -533,8 +588,16 @@ impl TrustService {
                     Err(e) => return refuse(ErrorCode::Unauthorized, format!("cannot renew: {e}")),
                 };
                 let old = verified.claims;
-                let lifetime = Duration::from_secs(old.expires_at.saturating_sub(old.issued_at).max(1));
-                let claims = self.claims_for(mesh, from, &old.name, old.capabilities, old.authority, lifetime);
+                let lifetime =
+                    Duration::from_secs(old.expires_at.saturating_sub(old.issued_at).max(1));
+                let claims = self.claims_for(
+                    mesh,
+                    from,
+                    &old.name,
+                    old.capabilities,
+                    old.authority,
+                    lifetime,
+                );
                 Response::Token {
                     token: Token::issue(authority, &claims).to_bytes(),
                 }
@@ -562,14 +625,28 @@ impl TrustService {
             return;
         }
         let renewed = if self.trust.read().authority.is_some() {
-            match self.answer(self.self_id(), Request::Renew { token: current.token.to_bytes() }) {
+            match self.answer(
+                self.self_id(),
+                Request::Renew {
+                    token: current.token.to_bytes(),
+                },
+            ) {
                 Response::Token { token } => Some(token),
                 _ => None,
             }
         } else {
             let mut renewed = None;
             for authority in authority_peers {
-                match self.mesh.call(authority, Request::Renew { token: current.token.to_bytes() }).await {
+                match self
+                    .mesh
+                    .call(
+                        authority,
+                        Request::Renew {
+                            token: current.token.to_bytes(),
+                        },
+                    )
+                    .await
+                {
                     Ok(Response::Token { token }) => {
                         renewed = Some(token);
                         break;
@@ -581,12 +658,15 @@ impl TrustService {
             renewed
         };
         let Some(bytes) = renewed else { return };
-        let Some(mesh) = self.trust.mesh_id() else { return };
-        let verified = match Token::from_bytes(&bytes).and_then(|t| t.verify_signature(&mesh, unix_now())) {
-            Ok(verified) if verified.claims.node == self.self_id() => verified,
-            Ok(_) => return warn!("renewed token is for another node; ignored"),
-            Err(e) => return warn!("renewed token invalid: {e}"),
+        let Some(mesh) = self.trust.mesh_id() else {
+            return;
         };
+        let verified =
+            match Token::from_bytes(&bytes).and_then(|t| t.verify_signature(&mesh, unix_now())) {
+                Ok(verified) if verified.claims.node == self.self_id() => verified,
+                Ok(_) => return warn!("renewed token is for another node; ignored"),
+                Err(e) => return warn!("renewed token invalid: {e}"),
+            };
         info!(
             token = %verified.claims.token_id,
             expires_in = verified.claims.expires_at.saturating_sub(unix_now()),
@@ -623,13 +703,23 @@ impl TrustService {
 
     /// A peer's gossiped value changed: tokens are checked, revocations merged and enforced.
     async fn on_change(&self, change: atmosphere_mesh::ValueChanged) {
-        let Some(mesh) = self.trust.mesh_id() else { return };
+        let Some(mesh) = self.trust.mesh_id() else {
+            return;
+        };
         match change.key.as_str() {
             RevocationsKey::KEY => {
-                let added = self.trust.write().revocations.merge_bytes(&mesh, &change.value);
+                let added = self
+                    .trust
+                    .write()
+                    .revocations
+                    .merge_bytes(&mesh, &change.value);
                 match added {
                     Ok(added) if !added.is_empty() => {
-                        info!(count = added.len(), "learned revocations from {}", change.node.short());
+                        info!(
+                            count = added.len(),
+                            "learned revocations from {}",
+                            change.node.short()
+                        );
                         if let Err(e) = self.persist() {
                             warn!("could not store revocations: {e}");
                         }
@@ -641,7 +731,10 @@ impl TrustService {
                 }
             }
             TokenKey::KEY => {
-                if let Err(reason) = self.trust.check_peer_token(change.node, &change.value, unix_now()) {
+                if let Err(reason) =
+                    self.trust
+                        .check_peer_token(change.node, &change.value, unix_now())
+                {
                     self.trust.write().peers.remove(&change.node);
                     let _ = self.mesh.ban(change.node, &reason).await;
                 }

@@ -29,6 +29,7 @@ async fn status_peers_routes_ping_disconnect_reconnect() {
         &loopback_args(&mesh, "off", &["matter", "vision"], &seed),
     )
     .await;
+    form_mesh(&[&mac, &dell, &pi]);
     let ids = [mac.id(), dell.id(), pi.id()];
     let apis = [mac.api(), dell.api(), pi.api()];
     all_alive(&apis, &ids, Duration::from_secs(20)).await;

@@ -59,8 +59,11 @@ impl Proc {
         self.child.wait().await.unwrap();
     }
 
-    /// Starts the same node again (same data dir, same arguments).
+    /// Starts the same node again (same data dir, same arguments), killing it first if it runs.
     pub async fn restart(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            self.kill().await;
+        }
         let again = start_with(&self.name, &self.data_dir, &self.args, None).await;
         *self = again;
     }
@@ -220,4 +223,31 @@ pub fn cli_fails(args: &[&str]) -> String {
     let output = std::process::Command::new(BIN).args(args).output().unwrap();
     assert!(!output.status.success(), "atmosphere {args:?} should fail");
     String::from_utf8(output.stderr).unwrap()
+}
+
+/// Makes `nodes[0]` the authority of a new mesh and joins the others with tokens it issues.
+pub fn form_mesh(nodes: &[&Proc]) {
+    let authority = nodes[0].api();
+    cli(&["--api", &authority, "mesh", "init", "--name", "test"]);
+    for node in &nodes[1..] {
+        join_with_token(&authority, node, "24h");
+    }
+}
+
+/// Issues a token for `node` on `authority` with lifetime `ttl` and joins `node` with it.
+pub fn join_with_token(authority: &str, node: &Proc, ttl: &str) {
+    let id = node.id().to_string();
+    let token = cli(&[
+        "--api",
+        authority,
+        "token",
+        "issue",
+        "--node-key",
+        &id,
+        "--name",
+        &node.name,
+        "--ttl",
+        ttl,
+    ]);
+    cli(&["--api", &node.api(), "mesh", "join", token.trim()]);
 }

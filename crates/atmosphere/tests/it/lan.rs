@@ -132,6 +132,17 @@ async fn three_nodes_on_a_namespace_lan_find_each_other_by_mdns() {
             .await,
         );
     }
+    // The first node creates the mesh; the others join with tokens it issues.
+    netns_cli(&lan.nodes[0], &["mesh", "init", "--name", "lan"]).expect("mesh init");
+    for (node, ns) in nodes.iter().zip(&lan.nodes).skip(1) {
+        let id = node.id().to_string();
+        let token = netns_cli(
+            &lan.nodes[0],
+            &["token", "issue", "--node-key", &id, "--name", &node.name],
+        )
+        .expect("token issue");
+        netns_cli(ns, &["mesh", "join", token.trim()]).expect("mesh join");
+    }
     let ids: Vec<_> = nodes.iter().map(|n| n.id()).collect();
     eventually(
         Duration::from_secs(30),

@@ -19,6 +19,7 @@ async fn three_processes_find_each_other_by_mdns_with_no_bootstrap() {
         let args = loopback_args(&mesh, "loopback", caps, &[]);
         nodes.push(start(name, &dir.path().join(name), &args).await);
     }
+    form_mesh(&nodes.iter().collect::<Vec<_>>());
     let apis: Vec<String> = nodes.iter().map(|n| n.api()).collect();
     let ids: Vec<_> = nodes.iter().map(|n| n.id()).collect();
     // The bound is 30 s from start.
@@ -57,6 +58,7 @@ async fn kill_9_is_seen_down_and_a_restart_returns_with_the_same_identity() {
         &loopback_args(&mesh, "off", &["vision"], &seed),
     )
     .await;
+    form_mesh(&[&a, &b, &c]);
     let ids = [a.id(), b.id(), c.id()];
     all_alive(&[a.api(), b.api(), c.api()], &ids, Duration::from_secs(20)).await;
 
@@ -100,6 +102,7 @@ async fn a_stopped_node_announces_its_leave() {
         &loopback_args(&mesh, "off", &[], &[a.bootstrap_line()]),
     )
     .await;
+    form_mesh(&[&a, &b]);
     all_alive(
         &[a.api(), b.api()],
         &[a.id(), b.id()],

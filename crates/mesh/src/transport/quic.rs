@@ -226,7 +226,12 @@ impl Inner {
     }
 
     /// Serves the streams of one connection until it closes.
-    async fn serve(self: Arc<Self>, peer: NodeId, connection: Connection, admitted: Arc<AtomicBool>) {
+    async fn serve(
+        self: Arc<Self>,
+        peer: NodeId,
+        connection: Connection,
+        admitted: Arc<AtomicBool>,
+    ) {
         loop {
             let stream = tokio::select! {
                 biased;
@@ -276,8 +281,13 @@ impl Inner {
                     unauthorized(reason)
                 }
             },
-            Ok(request) if !admitted.load(Ordering::Acquire) && !matches!(request, Request::Join { .. }) => {
-                let reason = "not admitted: a connection must start with a Hello carrying a valid token".to_owned();
+            Ok(request)
+                if !admitted.load(Ordering::Acquire)
+                    && !matches!(request, Request::Join { .. }) =>
+            {
+                let reason =
+                    "not admitted: a connection must start with a Hello carrying a valid token"
+                        .to_owned();
                 refused = Some(reason.clone());
                 unauthorized(reason)
             }
@@ -340,8 +350,16 @@ impl Inner {
             peer: peer.short(),
             reason,
         };
-        let (mut send, mut recv) = connection.open_bi().await.map_err(|e| refused(e.to_string()))?;
-        write_frame(&mut send, &Request::Hello { token: credential }, self.config.max_frame_bytes).await?;
+        let (mut send, mut recv) = connection
+            .open_bi()
+            .await
+            .map_err(|e| refused(e.to_string()))?;
+        write_frame(
+            &mut send,
+            &Request::Hello { token: credential },
+            self.config.max_frame_bytes,
+        )
+        .await?;
         match read_frame::<Response>(&mut recv, self.config.max_frame_bytes).await? {
             Response::Welcome { token } => gate.admit(peer, &token).map_err(|reason| {
                 connection.close(CLOSE_REFUSED.into(), reason.as_bytes());

@@ -48,7 +48,12 @@ pub fn start_mem(
             addrs: vec![],
         })
         .collect();
-    let (mesh, _join) = Mesh::spawn(Arc::clone(&transport), incoming_rx, Default::default(), config);
+    let (mesh, _join) = Mesh::spawn(
+        Arc::clone(&transport),
+        incoming_rx,
+        Default::default(),
+        config,
+    );
     MemNode { id, mesh }
 }
 
