@@ -25,8 +25,20 @@ pub struct Client {
 
 impl Client {
     pub fn new(api: SocketAddr) -> Result<Self> {
+        Self::with_key(api, None)
+    }
+
+    /// A client that presents `key` as a bearer token (APIs bound beyond 127.0.0.1).
+    pub fn with_key(api: SocketAddr, key: Option<&str>) -> Result<Self> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(key) = key {
+            let value = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", key.trim()))
+                .context("the API key contains characters not allowed in a header")?;
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
+            .default_headers(headers)
             .build()
             .context("cannot build the HTTP client")?;
         Ok(Self {

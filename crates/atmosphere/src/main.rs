@@ -27,6 +27,14 @@ struct Cli {
         default_value = "127.0.0.1:7070"
     )]
     api: SocketAddr,
+    /// Bearer key of a node API bound beyond 127.0.0.1 (the contents of its DATA_DIR/api.key).
+    #[arg(
+        long,
+        global = true,
+        env = "ATMOSPHERE_API_KEY",
+        hide_env_values = true
+    )]
+    api_key: Option<String>,
     /// Print machine-readable JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
@@ -200,7 +208,7 @@ fn main() -> ExitCode {
 }
 
 async fn dispatch(cli: Cli) -> Result<()> {
-    let client = Client::new(cli.api)?;
+    let client = Client::with_key(cli.api, cli.api_key.as_deref())?;
     let json = cli.json;
     match cli.command {
         Command::Serve(args) => serve(args).await,

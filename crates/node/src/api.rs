@@ -22,6 +22,8 @@ pub struct ApiState {
     /// The trust layer (absent in API tests over the in-memory transport).
     pub trust: Option<TrustService>,
     pub node_name: String,
+    /// Required as `Authorization: Bearer KEY` when set (the API is bound beyond 127.0.0.1).
+    pub api_key: Option<String>,
 }
 
 /// An API error: a status code and a JSON body `{ "error": kind, "message": text }`.
@@ -184,6 +186,39 @@ pub struct PingResult {
     pub echo: EchoResult,
 }
 
+/// Refuses requests without the bearer key, when one is configured.
+async fn require_key(
+    State(state): State<ApiState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Some(key) = &state.api_key else {
+        return next.run(request).await;
+    };
+    let presented = request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if constant_time_eq(presented.as_bytes(), key.as_bytes()) {
+        next.run(request).await
+    } else {
+        ApiError {
+            status: StatusCode::UNAUTHORIZED,
+            kind: "unauthorized",
+            message: "this API is bound beyond 127.0.0.1 and needs its key: pass the contents of \
+                      DATA_DIR/api.key with --api-key or ATMOSPHERE_API_KEY"
+                .into(),
+        }
+        .into_response()
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/v1/health", get(health))
@@ -200,6 +235,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/mesh/join", post(join))
         .route("/v1/tokens", post(issue))
         .route("/v1/tokens/revoke", post(revoke))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_key,
+        ))
         .with_state(state)
 }
 
@@ -348,6 +387,10 @@ mod tests {
     use super::*;
 
     fn app() -> Router {
+        app_with_key(None)
+    }
+
+    fn app_with_key(api_key: Option<String>) -> Router {
         let network = MemNetwork::new();
         let (transport, incoming_rx) = network.endpoint(NodeId::from_bytes([1; 32]));
         let (mesh, _join) = Mesh::spawn(
@@ -361,6 +404,7 @@ mod tests {
             peer_addrs: vec![],
             trust: None,
             node_name: "solo".into(),
+            api_key,
         })
     }
 
@@ -401,6 +445,32 @@ mod tests {
         assert_eq!(code, StatusCode::NOT_FOUND);
         assert_eq!(body["error"], "unknown_node");
         assert!(body["message"].as_str().unwrap().contains("ghost"));
+    }
+
+    #[tokio::test]
+    async fn a_configured_key_is_required() {
+        let app = app_with_key(Some("sesame".into()));
+        let (code, body) = call(app.clone(), "GET", "/v1/mesh/status", "").await;
+        assert_eq!(code, StatusCode::UNAUTHORIZED);
+        assert!(body["message"].as_str().unwrap().contains("api.key"));
+        let request = Request::builder()
+            .uri("/v1/mesh/status")
+            .header("authorization", "Bearer sesame")
+            .body(Body::empty())
+            .unwrap();
+        assert_eq!(
+            app.clone().oneshot(request).await.unwrap().status(),
+            StatusCode::OK
+        );
+        let request = Request::builder()
+            .uri("/v1/mesh/status")
+            .header("authorization", "Bearer sesamE")
+            .body(Body::empty())
+            .unwrap();
+        assert_eq!(
+            app.oneshot(request).await.unwrap().status(),
+            StatusCode::UNAUTHORIZED
+        );
     }
 
     #[tokio::test]

@@ -45,6 +45,9 @@ pub enum NodeError {
     },
 }
 
+/// The bearer key of an API bound beyond 127.0.0.1 (hex, 0600).
+pub const API_KEY_FILE: &str = "api.key";
+
 /// What a started node tells its caller (the CLI prints it as the `ready` line).
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Ready {
@@ -156,11 +159,29 @@ pub async fn run(
             .to_string()
         })
         .collect();
+    let api_key = if config.api.ip().is_loopback() {
+        None
+    } else {
+        let key = match identity::load_key(&config.data_dir, API_KEY_FILE)? {
+            Some(key) => key,
+            None => {
+                let key: [u8; 32] = rand::random();
+                identity::store_key(&config.data_dir, API_KEY_FILE, &key)?;
+                key
+            }
+        };
+        info!(
+            "the API listens beyond 127.0.0.1: clients need the key in {}",
+            config.data_dir.join(API_KEY_FILE).display()
+        );
+        Some(key.iter().map(|b| format!("{b:02x}")).collect::<String>())
+    };
     let app = router(ApiState {
         mesh: mesh.clone(),
         peer_addrs,
         trust: Some(trust_service),
         node_name: mesh_config.name.clone(),
+        api_key,
     });
 
     let saver = tokio::spawn(save_peers_periodically(mesh.clone(), store.clone()));

@@ -8,6 +8,9 @@ use atmosphere_mesh::{MeshStatus, Status};
 
 use crate::kit::*;
 
+/// Node 0's API key, once it exists.
+static API_KEY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
 /// Namespaces and links made by this test; removed on drop.
 struct Lan {
     hub: String,
@@ -80,11 +83,12 @@ impl Drop for Lan {
 }
 
 fn netns_cli(ns: &str, args: &[&str]) -> Option<String> {
-    let output = Command::new("ip")
-        .args(["netns", "exec", ns, BIN])
-        .args(args)
-        .output()
-        .ok()?;
+    let mut command = Command::new("ip");
+    command.args(["netns", "exec", ns, BIN]);
+    if let Some(key) = API_KEY.get().filter(|_| ns.ends_with("n0")) {
+        command.args(["--api", "10.77.0.1:7070", "--api-key", key]);
+    }
+    let output = command.args(args).output().ok()?;
     output
         .status
         .success()
@@ -109,7 +113,12 @@ async fn three_nodes_on_a_namespace_lan_find_each_other_by_mdns() {
             "--listen",
             &format!("10.77.0.{}:7400", i + 1),
             "--api-listen",
-            "127.0.0.1:7070",
+            // Node 0 serves its API on the LAN address: then it demands the bearer key.
+            if i == 0 {
+                "10.77.0.1:7070"
+            } else {
+                "127.0.0.1:7070"
+            },
             "--discovery",
             "lan",
             "--mesh",
@@ -132,6 +141,31 @@ async fn three_nodes_on_a_namespace_lan_find_each_other_by_mdns() {
             .await,
         );
     }
+    // Node 0's API is bound beyond loopback: without its key it refuses, with it it answers.
+    let key_file = dir.path().join(&lan.nodes[0]).join("api.key");
+    let key = std::fs::read_to_string(&key_file).expect("api.key written");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key_file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let denied = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lan.nodes[0],
+            BIN,
+            "--api",
+            "10.77.0.1:7070",
+            "mesh",
+            "status",
+        ])
+        .output()
+        .unwrap();
+    assert!(!denied.status.success());
+    assert!(String::from_utf8_lossy(&denied.stderr).contains("api.key"));
+    API_KEY.set(key.trim().to_owned()).unwrap();
     // The first node creates the mesh; the others join with tokens it issues.
     netns_cli(&lan.nodes[0], &["mesh", "init", "--name", "lan"]).expect("mesh init");
     for (node, ns) in nodes.iter().zip(&lan.nodes).skip(1) {
