@@ -266,7 +266,7 @@ pub async fn run(args: DemoArgs, json: bool) -> Result<()> {
                 args.api_port, args.api_port, args.api_port
             );
         }
-        let _ = tokio::signal::ctrl_c().await;
+        crate::shutdown_signal().await;
     }
     fleet.stop().await;
     Ok(())

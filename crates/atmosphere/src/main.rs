@@ -343,7 +343,8 @@ async fn serve(args: ServeArgs) -> Result<()> {
     .context("the node stopped with an error")
 }
 
-async fn shutdown_signal() {
+/// Ctrl-C or SIGTERM.
+pub(crate) async fn shutdown_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
