@@ -36,26 +36,12 @@ async fn rounds_pass(api: &str, n: u64) {
 async fn nodes_without_a_valid_token_are_kept_out() {
     let dir = tempfile::tempdir().unwrap();
     let mesh = unique_mesh("keepout");
-    let a = start(
-        "a",
-        &dir.path().join("a"),
-        &loopback_args(&mesh, "off", &[], &[]),
-    )
-    .await;
+    let [a, b]: [Proc; 2] = seeded_mesh(dir.path(), &mesh, &["a", "b"])
+        .await
+        .try_into()
+        .ok()
+        .unwrap();
     let seed = vec![a.bootstrap_line()];
-    let b = start(
-        "b",
-        &dir.path().join("b"),
-        &loopback_args(&mesh, "off", &[], &seed),
-    )
-    .await;
-    form_mesh(&[&a, &b]);
-    all_alive(
-        &[a.api(), b.api()],
-        &[a.id(), b.id()],
-        Duration::from_secs(20),
-    )
-    .await;
 
     // A node with no token at all, and one holding a token of another mesh, both knocking.
     let tokenless = start(
@@ -127,32 +113,11 @@ async fn nodes_without_a_valid_token_are_kept_out() {
 async fn a_revoked_node_is_dropped_everywhere_within_two_rounds_and_stays_out() {
     let dir = tempfile::tempdir().unwrap();
     let mesh = unique_mesh("revoke");
-    let a = start(
-        "a",
-        &dir.path().join("a"),
-        &loopback_args(&mesh, "off", &[], &[]),
-    )
-    .await;
-    let seed = vec![a.bootstrap_line()];
-    let mut b = start(
-        "b",
-        &dir.path().join("b"),
-        &loopback_args(&mesh, "off", &[], &seed),
-    )
-    .await;
-    let mut c = start(
-        "c",
-        &dir.path().join("c"),
-        &loopback_args(&mesh, "off", &[], &seed),
-    )
-    .await;
-    form_mesh(&[&a, &b, &c]);
-    all_alive(
-        &[a.api(), b.api(), c.api()],
-        &[a.id(), b.id(), c.id()],
-        Duration::from_secs(20),
-    )
-    .await;
+    let [a, mut b, mut c]: [Proc; 3] = seeded_mesh(dir.path(), &mesh, &["a", "b", "c"])
+        .await
+        .try_into()
+        .ok()
+        .unwrap();
 
     let c_id = c.id();
     let revoked_at = Instant::now();
@@ -202,25 +167,11 @@ async fn a_revoked_node_is_dropped_everywhere_within_two_rounds_and_stays_out() 
 async fn tokens_renew_by_themselves_and_expired_ones_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let mesh = unique_mesh("renew");
-    let mut a = start(
-        "a",
-        &dir.path().join("a"),
-        &loopback_args(&mesh, "off", &[], &[]),
-    )
-    .await;
-    let seed = vec![a.bootstrap_line()];
-    let b = start(
-        "b",
-        &dir.path().join("b"),
-        &loopback_args(&mesh, "off", &[], &seed),
-    )
-    .await;
-    let c = start(
-        "c",
-        &dir.path().join("c"),
-        &loopback_args(&mesh, "off", &[], &seed),
-    )
-    .await;
+    let [mut a, b, c]: [Proc; 3] = seeded(dir.path(), &mesh, &["a", "b", "c"])
+        .await
+        .try_into()
+        .ok()
+        .unwrap();
     cli(&["--api", &a.api(), "mesh", "init", "--name", "test"]);
     join_with_token(&a.api(), &b, "24h");
     join_with_token(&a.api(), &c, "6s");

@@ -251,3 +251,37 @@ pub fn join_with_token(authority: &str, node: &Proc, ttl: &str) {
     ]);
     cli(&["--api", &node.api(), "mesh", "join", token.trim()]);
 }
+
+/// Starts nodes named `names` on 127.0.0.1 in `dir` (discovery off): the first alone, the others
+/// with it as their bootstrap peer. No mesh is formed yet (see [`form_mesh`]).
+pub async fn seeded(dir: &Path, mesh: &str, names: &[&str]) -> Vec<Proc> {
+    let first = start(
+        names[0],
+        &dir.join(names[0]),
+        &loopback_args(mesh, "off", &[], &[]),
+    )
+    .await;
+    let seed = vec![first.bootstrap_line()];
+    let mut nodes = vec![first];
+    for name in &names[1..] {
+        nodes.push(
+            start(
+                name,
+                &dir.join(name),
+                &loopback_args(mesh, "off", &[], &seed),
+            )
+            .await,
+        );
+    }
+    nodes
+}
+
+/// [`seeded`], then [`form_mesh`], then waits until everyone sees everyone alive.
+pub async fn seeded_mesh(dir: &Path, mesh: &str, names: &[&str]) -> Vec<Proc> {
+    let nodes = seeded(dir, mesh, names).await;
+    form_mesh(&nodes.iter().collect::<Vec<_>>());
+    let apis: Vec<String> = nodes.iter().map(Proc::api).collect();
+    let ids: Vec<NodeId> = nodes.iter().map(Proc::id).collect();
+    all_alive(&apis, &ids, Duration::from_secs(20)).await;
+    nodes
+}
