@@ -1,0 +1,3 @@
+//! Backends against the real model files (fetched by `scripts/fetch-models`).
+
+mod embeddings;
