@@ -1,0 +1,434 @@
+//! GGUF language models served by the node itself, in pure Rust: candle's quantized llama, a
+//! tokenizer rebuilt from the GGUF metadata (byte-level BPE), the model's own chat template.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use candle_core::quantized::gguf_file;
+use candle_core::{Device, Tensor};
+use candle_transformers::generation::{LogitsProcessor, Sampling};
+use candle_transformers::models::quantized_llama::ModelWeights;
+use serde::{Deserialize, Serialize};
+use tokenizers::models::bpe::BPE;
+use tokenizers::{AddedToken, Tokenizer};
+
+use crate::models::FETCH_HINT;
+
+/// Why loading or generating failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LlmError {
+    #[error("model file {path} not found; {FETCH_HINT}")]
+    Missing { path: PathBuf },
+    #[error("{path} is not a usable GGUF model: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+    #[error("tokenizer failed: {0}")]
+    Tokenize(String),
+    #[error("prompt of {tokens} tokens does not fit the {context}-token context")]
+    TooLong { tokens: usize, context: usize },
+    #[error("chat template failed: {0}")]
+    Template(String),
+    #[error("inference failed: {0}")]
+    Inference(#[from] candle_core::Error),
+}
+
+/// What a model is, from its GGUF metadata.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelInfo {
+    pub name: String,
+    pub architecture: String,
+    /// "135M", "7B", … as the file states it.
+    pub size_label: Option<String>,
+    pub parameters: u64,
+    pub quantization: String,
+    pub context_length: usize,
+    pub file_bytes: u64,
+}
+
+/// One chat message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    pub role: String,
+    pub content: String,
+}
+
+impl ChatMessage {
+    pub fn user(content: impl Into<String>) -> Self {
+        Self {
+            role: "user".into(),
+            content: content.into(),
+        }
+    }
+}
+
+/// Sampling and stopping.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerateOptions {
+    pub max_tokens: usize,
+    /// 0 means greedy (deterministic).
+    pub temperature: f64,
+    pub top_p: Option<f64>,
+    pub seed: u64,
+    /// Generation stops before any of these strings.
+    pub stop: Vec<String>,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        Self {
+            max_tokens: 256,
+            temperature: 0.0,
+            top_p: None,
+            seed: 299_792_458,
+            stop: Vec::new(),
+        }
+    }
+}
+
+/// Why generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    EndOfText,
+    StopSequence,
+    MaxTokens,
+}
+
+/// A finished generation with its timings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Generation {
+    pub text: String,
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    pub stop_reason: StopReason,
+    pub first_token: Duration,
+    pub total: Duration,
+}
+
+impl Generation {
+    /// Decode speed after the first token.
+    pub fn tokens_per_second(&self) -> f64 {
+        let decode = self.total.saturating_sub(self.first_token).as_secs_f64();
+        if self.completion_tokens <= 1 || decode <= 0.0 {
+            return 0.0;
+        }
+        (self.completion_tokens - 1) as f64 / decode
+    }
+}
+
+/// A loaded GGUF model. Generation needs `&mut self` (the KV cache); share it behind a mutex.
+pub struct GgufModel {
+    weights: ModelWeights,
+    tokenizer: Tokenizer,
+    info: ModelInfo,
+    stop_ids: Vec<u32>,
+    template: Option<String>,
+    bos: Option<String>,
+    eos: Option<String>,
+}
+
+impl std::fmt::Debug for GgufModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GgufModel")
+            .field("info", &self.info)
+            .finish_non_exhaustive()
+    }
+}
+
+fn meta_str(content: &gguf_file::Content, key: &str) -> Option<String> {
+    content
+        .metadata
+        .get(key)
+        .and_then(|v| v.to_string().ok())
+        .cloned()
+}
+
+fn meta_u32(content: &gguf_file::Content, key: &str) -> Option<u32> {
+    content.metadata.get(key).and_then(|v| v.to_u32().ok())
+}
+
+fn meta_strings(content: &gguf_file::Content, key: &str) -> Option<Vec<String>> {
+    let values = content.metadata.get(key)?.to_vec().ok()?;
+    values.iter().map(|v| v.to_string().ok().cloned()).collect()
+}
+
+impl GgufModel {
+    /// Loads a GGUF file: weights, tokenizer and template all come from the file itself.
+    pub fn load(path: &Path) -> Result<Self, LlmError> {
+        let corrupt = |reason: String| LlmError::Corrupt {
+            path: path.to_owned(),
+            reason,
+        };
+        let mut file = std::fs::File::open(path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => LlmError::Missing {
+                path: path.to_owned(),
+            },
+            _ => corrupt(e.to_string()),
+        })?;
+        let file_bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let content = gguf_file::Content::read(&mut file).map_err(|e| corrupt(e.to_string()))?;
+        let architecture = meta_str(&content, "general.architecture").unwrap_or_default();
+        if architecture != "llama" {
+            return Err(corrupt(format!(
+                "architecture {architecture:?}: only llama-family models run in process"
+            )));
+        }
+        let tokenizer = tokenizer_from_gguf(&content).map_err(corrupt)?;
+        let context_length =
+            meta_u32(&content, "llama.context_length").map_or(2048, |n| n as usize);
+        let parameters: u64 = content
+            .tensor_infos
+            .values()
+            .map(|t| t.shape.elem_count() as u64)
+            .sum();
+        let quantization = content
+            .tensor_infos
+            .get("blk.0.ffn_down.weight")
+            .or_else(|| content.tensor_infos.values().next())
+            .map_or_else(|| "unknown".into(), |t| format!("{:?}", t.ggml_dtype));
+        let tokens = meta_strings(&content, "tokenizer.ggml.tokens").unwrap_or_default();
+        let token_text =
+            |key: &str| meta_u32(&content, key).and_then(|id| tokens.get(id as usize).cloned());
+        let bos = token_text("tokenizer.ggml.bos_token_id");
+        let eos = token_text("tokenizer.ggml.eos_token_id");
+        let mut stop_ids: Vec<u32> = meta_u32(&content, "tokenizer.ggml.eos_token_id")
+            .into_iter()
+            .collect();
+        for marker in ["<|im_end|>", "<|endoftext|>", "<|eot_id|>", "</s>"] {
+            if let Some(id) = tokenizer.token_to_id(marker)
+                && !stop_ids.contains(&id)
+            {
+                stop_ids.push(id);
+            }
+        }
+        let info = ModelInfo {
+            name: meta_str(&content, "general.name").unwrap_or_else(|| {
+                path.file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            }),
+            architecture,
+            size_label: meta_str(&content, "general.size_label"),
+            parameters,
+            quantization,
+            context_length,
+            file_bytes,
+        };
+        let template = meta_str(&content, "tokenizer.chat_template");
+        let weights = ModelWeights::from_gguf(content, &mut file, &Device::Cpu)
+            .map_err(|e| corrupt(e.to_string()))?;
+        Ok(Self {
+            weights,
+            tokenizer,
+            info,
+            stop_ids,
+            template,
+            bos,
+            eos,
+        })
+    }
+
+    pub fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    /// Renders `messages` with the model's chat template (ChatML when the file has none).
+    pub fn render_chat(&self, messages: &[ChatMessage]) -> Result<String, LlmError> {
+        let Some(template) = &self.template else {
+            let mut prompt = String::new();
+            for message in messages {
+                prompt.push_str(&format!(
+                    "<|im_start|>{}\n{}<|im_end|>\n",
+                    message.role, message.content
+                ));
+            }
+            prompt.push_str("<|im_start|>assistant\n");
+            return Ok(prompt);
+        };
+        let mut env = minijinja::Environment::new();
+        env.add_function(
+            "raise_exception",
+            |message: String| -> Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(
+                    minijinja::ErrorKind::InvalidOperation,
+                    message,
+                ))
+            },
+        );
+        env.add_template("chat", template)
+            .map_err(|e| LlmError::Template(e.to_string()))?;
+        let rendered = env
+            .get_template("chat")
+            .and_then(|t| {
+                t.render(minijinja::context! {
+                    messages => minijinja::Value::from(minijinja::value::Serde(messages)),
+                    add_generation_prompt => true,
+                    bos_token => self.bos.clone().unwrap_or_default(),
+                    eos_token => self.eos.clone().unwrap_or_default(),
+                })
+            })
+            .map_err(|e| LlmError::Template(e.to_string()))?;
+        Ok(rendered)
+    }
+
+    /// Chat: renders the template, then generates.
+    pub fn chat(
+        &mut self,
+        messages: &[ChatMessage],
+        options: &GenerateOptions,
+        on_token: impl FnMut(&str),
+    ) -> Result<Generation, LlmError> {
+        let prompt = self.render_chat(messages)?;
+        self.generate(&prompt, options, on_token)
+    }
+
+    /// Generates from a raw prompt, calling `on_token` with each new piece of text.
+    pub fn generate(
+        &mut self,
+        prompt: &str,
+        options: &GenerateOptions,
+        mut on_token: impl FnMut(&str),
+    ) -> Result<Generation, LlmError> {
+        let started = Instant::now();
+        let encoding = self
+            .tokenizer
+            .encode(prompt, false)
+            .map_err(|e| LlmError::Tokenize(e.to_string()))?;
+        let prompt_ids = encoding.get_ids().to_vec();
+        let budget = prompt_ids.len() + options.max_tokens;
+        if prompt_ids.is_empty() || budget > self.info.context_length {
+            return Err(LlmError::TooLong {
+                tokens: budget,
+                context: self.info.context_length,
+            });
+        }
+        let sampling = if options.temperature <= 0.0 {
+            Sampling::ArgMax
+        } else {
+            match options.top_p {
+                Some(p) => Sampling::TopP {
+                    p,
+                    temperature: options.temperature,
+                },
+                None => Sampling::All {
+                    temperature: options.temperature,
+                },
+            }
+        };
+        let mut sampler = LogitsProcessor::from_sampling(options.seed, sampling);
+        self.weights.clear_kv_cache();
+        let device = Device::Cpu;
+        let input = Tensor::new(prompt_ids.as_slice(), &device)?.unsqueeze(0)?;
+        let mut logits = self.weights.forward(&input, 0)?.squeeze(0)?;
+        let mut first_token = None;
+        let mut generated: Vec<u32> = Vec::new();
+        let mut text = String::new();
+        let mut stop_reason = StopReason::MaxTokens;
+        while generated.len() < options.max_tokens {
+            let next = sampler.sample(&logits)?;
+            first_token.get_or_insert_with(|| started.elapsed());
+            if self.stop_ids.contains(&next) {
+                stop_reason = StopReason::EndOfText;
+                break;
+            }
+            generated.push(next);
+            // Decode the whole completion and emit what is new: multi-byte characters can span
+            // tokens, so a token alone may not be valid text yet.
+            let decoded = self
+                .tokenizer
+                .decode(&generated, true)
+                .map_err(|e| LlmError::Tokenize(e.to_string()))?;
+            if let Some(cut) = options
+                .stop
+                .iter()
+                .filter(|s| !s.is_empty())
+                .filter_map(|s| decoded.find(s.as_str()))
+                .min()
+            {
+                if cut > text.len() {
+                    on_token(&decoded[text.len()..cut]);
+                }
+                text = decoded[..cut].to_owned();
+                stop_reason = StopReason::StopSequence;
+                break;
+            }
+            if decoded.len() > text.len()
+                && decoded.is_char_boundary(text.len())
+                && !decoded.ends_with('\u{fffd}')
+            {
+                on_token(&decoded[text.len()..]);
+                text = decoded;
+            }
+            let input = Tensor::new(&[next], &device)?.unsqueeze(0)?;
+            let position = prompt_ids.len() + generated.len() - 1;
+            logits = self.weights.forward(&input, position)?.squeeze(0)?;
+        }
+        if stop_reason != StopReason::StopSequence {
+            let decoded = self
+                .tokenizer
+                .decode(&generated, true)
+                .map_err(|e| LlmError::Tokenize(e.to_string()))?;
+            if decoded.len() > text.len() && decoded.is_char_boundary(text.len()) {
+                on_token(&decoded[text.len()..]);
+            }
+            text = decoded;
+        }
+        Ok(Generation {
+            text,
+            prompt_tokens: prompt_ids.len(),
+            completion_tokens: generated.len(),
+            stop_reason,
+            first_token: first_token.unwrap_or_default(),
+            total: started.elapsed(),
+        })
+    }
+}
+
+/// Rebuilds the tokenizer a GGUF file describes (GPT-2 style byte-level BPE).
+fn tokenizer_from_gguf(content: &gguf_file::Content) -> Result<Tokenizer, String> {
+    let model = meta_str(content, "tokenizer.ggml.model").unwrap_or_default();
+    if model != "gpt2" {
+        return Err(format!(
+            "tokenizer {model:?}: only byte-level BPE (gpt2) tokenizers are rebuilt so far"
+        ));
+    }
+    let tokens =
+        meta_strings(content, "tokenizer.ggml.tokens").ok_or("no tokenizer.ggml.tokens")?;
+    let merges =
+        meta_strings(content, "tokenizer.ggml.merges").ok_or("no tokenizer.ggml.merges")?;
+    let vocab: tokenizers::models::bpe::Vocab = tokens
+        .iter()
+        .enumerate()
+        .map(|(id, token)| (token.clone(), id as u32))
+        .collect();
+    let merges: Vec<(String, String)> = merges
+        .iter()
+        .filter_map(|m| m.split_once(' '))
+        .map(|(a, b)| (a.to_owned(), b.to_owned()))
+        .collect();
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .build()
+        .map_err(|e| format!("BPE: {e}"))?;
+    let mut tokenizer = Tokenizer::new(bpe);
+    let byte_level = tokenizers::pre_tokenizers::byte_level::ByteLevel::new(false, true, true);
+    tokenizer.with_pre_tokenizer(Some(byte_level));
+    tokenizer.with_decoder(Some(tokenizers::decoders::byte_level::ByteLevel::default()));
+    // Control tokens (type 3) are matched whole, never split by BPE.
+    let types: Vec<i32> = content
+        .metadata
+        .get("tokenizer.ggml.token_type")
+        .and_then(|v| v.to_vec().ok())
+        .map(|v| v.iter().map(|t| t.to_i32().unwrap_or(1)).collect())
+        .unwrap_or_default();
+    let special: Vec<AddedToken> = tokens
+        .iter()
+        .zip(types.iter().chain(std::iter::repeat(&1)))
+        .filter(|(_, kind)| **kind == 3)
+        .map(|(token, _)| AddedToken::from(token.clone(), true))
+        .collect();
+    tokenizer
+        .add_special_tokens(special)
+        .map_err(|e| format!("special tokens: {e}"))?;
+    Ok(tokenizer)
+}
