@@ -2,6 +2,7 @@
 
 mod client;
 mod demo;
+mod llm;
 mod render;
 
 use std::net::SocketAddr;
@@ -63,6 +64,9 @@ enum Command {
     /// This node's credentials.
     #[command(subcommand)]
     Auth(AuthCommand),
+    /// Run the in-process models directly: chat with the GGUF model, embed with MiniLM.
+    #[command(subcommand)]
+    Llm(llm::LlmCommand),
     /// Start a three-node home mesh on this machine (Mac-Studio, Dell-Server, Garage-Pi), wait for
     /// it to converge over mDNS and show its status.
     Demo(demo::DemoArgs),
@@ -283,6 +287,9 @@ async fn dispatch(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Demo(args) => demo::run(args, json).await,
+        Command::Llm(command) => tokio::task::spawn_blocking(move || llm::run(command, json))
+            .await
+            .context("the model task failed")?,
     }
 }
 

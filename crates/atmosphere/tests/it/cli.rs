@@ -136,3 +136,36 @@ async fn unknown_node_names_fail_with_the_name() {
     assert!(err.contains("Nowhere"), "{err}");
     assert!(err.contains("unknown_node"), "{err}");
 }
+
+#[test]
+fn the_binary_answers_a_prompt_and_embeds_text_with_real_models() {
+    let out = cli(&[
+        "llm",
+        "chat",
+        "What is the capital of France? Answer in one word.",
+        "--max-tokens",
+        "16",
+        "--json",
+    ]);
+    let answer: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(
+        answer["text"].as_str().unwrap().contains("Paris"),
+        "{answer}"
+    );
+    assert_eq!(answer["model"]["size_label"], "135M");
+    let out = cli(&[
+        "llm",
+        "embed",
+        "--json",
+        "turn on the garage lights",
+        "switch the garage lights on",
+    ]);
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    let a: Vec<f64> = serde_json::from_value(rows[0]["embedding"].clone()).unwrap();
+    let b: Vec<f64> = serde_json::from_value(rows[1]["embedding"].clone()).unwrap();
+    assert_eq!(a.len(), 384);
+    let cosine: f64 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+    assert!(cosine > 0.7, "{cosine}");
+    let err = cli_fails(&["llm", "chat", "hi", "--model", "/nonexistent.gguf"]);
+    assert!(err.contains("scripts/fetch-models"), "{err}");
+}
