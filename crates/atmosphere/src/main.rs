@@ -101,6 +101,12 @@ struct ServeArgs {
     /// Capability to declare, NAME or NAME/DETAIL (repeatable).
     #[arg(long = "capability")]
     capabilities: Vec<String>,
+    /// Chat model this node serves: "auto" (SmolLM2-135M from the model cache) or a GGUF path.
+    #[arg(long)]
+    llm: Option<String>,
+    /// Embeddings this node serves: "auto" (MiniLM from the model cache) or a directory.
+    #[arg(long)]
+    embeddings: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -333,6 +339,12 @@ async fn serve(args: ServeArgs) -> Result<()> {
     }
     if !args.capabilities.is_empty() {
         config.capabilities = args.capabilities;
+    }
+    if let Some(llm) = args.llm {
+        config.models.llm = llm;
+    }
+    if let Some(embeddings) = args.embeddings {
+        config.models.embeddings = embeddings;
     }
     atmosphere_node::run(config, shutdown_signal(), |ready| {
         let line = serde_json::json!({

@@ -155,37 +155,12 @@ fn meta_strings(content: &gguf_file::Content, key: &str) -> Option<Vec<String>> 
 impl GgufModel {
     /// Loads a GGUF file: weights, tokenizer and template all come from the file itself.
     pub fn load(path: &Path) -> Result<Self, LlmError> {
+        let (mut file, content, info) = open(path)?;
         let corrupt = |reason: String| LlmError::Corrupt {
             path: path.to_owned(),
             reason,
         };
-        let mut file = std::fs::File::open(path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => LlmError::Missing {
-                path: path.to_owned(),
-            },
-            _ => corrupt(e.to_string()),
-        })?;
-        let file_bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
-        let content = gguf_file::Content::read(&mut file).map_err(|e| corrupt(e.to_string()))?;
-        let architecture = meta_str(&content, "general.architecture").unwrap_or_default();
-        if architecture != "llama" {
-            return Err(corrupt(format!(
-                "architecture {architecture:?}: only llama-family models run in process"
-            )));
-        }
         let tokenizer = tokenizer_from_gguf(&content).map_err(corrupt)?;
-        let context_length =
-            meta_u32(&content, "llama.context_length").map_or(2048, |n| n as usize);
-        let parameters: u64 = content
-            .tensor_infos
-            .values()
-            .map(|t| t.shape.elem_count() as u64)
-            .sum();
-        let quantization = content
-            .tensor_infos
-            .get("blk.0.ffn_down.weight")
-            .or_else(|| content.tensor_infos.values().next())
-            .map_or_else(|| "unknown".into(), |t| format!("{:?}", t.ggml_dtype));
         let tokens = meta_strings(&content, "tokenizer.ggml.tokens").unwrap_or_default();
         let token_text =
             |key: &str| meta_u32(&content, key).and_then(|id| tokens.get(id as usize).cloned());
@@ -201,19 +176,6 @@ impl GgufModel {
                 stop_ids.push(id);
             }
         }
-        let info = ModelInfo {
-            name: meta_str(&content, "general.name").unwrap_or_else(|| {
-                path.file_stem()
-                    .map(|s| s.to_string_lossy().into_owned())
-                    .unwrap_or_default()
-            }),
-            architecture,
-            size_label: meta_str(&content, "general.size_label"),
-            parameters,
-            quantization,
-            context_length,
-            file_bytes,
-        };
         let template = meta_str(&content, "tokenizer.chat_template");
         let weights = ModelWeights::from_gguf(content, &mut file, &Device::Cpu)
             .map_err(|e| corrupt(e.to_string()))?;
@@ -226,6 +188,11 @@ impl GgufModel {
             bos,
             eos,
         })
+    }
+
+    /// Reads only the file's header: what the model is, without loading its weights.
+    pub fn inspect(path: &Path) -> Result<ModelInfo, LlmError> {
+        open(path).map(|(_, _, info)| info)
     }
 
     pub fn info(&self) -> &ModelInfo {
@@ -382,6 +349,53 @@ impl GgufModel {
             total: started.elapsed(),
         })
     }
+}
+
+/// Opens a GGUF file and reads its header: the model's description, checked to be runnable.
+fn open(path: &Path) -> Result<(std::fs::File, gguf_file::Content, ModelInfo), LlmError> {
+    let corrupt = |reason: String| LlmError::Corrupt {
+        path: path.to_owned(),
+        reason,
+    };
+    let mut file = std::fs::File::open(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => LlmError::Missing {
+            path: path.to_owned(),
+        },
+        _ => corrupt(e.to_string()),
+    })?;
+    let file_bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let content = gguf_file::Content::read(&mut file).map_err(|e| corrupt(e.to_string()))?;
+    let architecture = meta_str(&content, "general.architecture").unwrap_or_default();
+    if architecture != "llama" {
+        return Err(corrupt(format!(
+            "architecture {architecture:?}: only llama-family models run in process"
+        )));
+    }
+    let context_length = meta_u32(&content, "llama.context_length").map_or(2048, |n| n as usize);
+    let parameters: u64 = content
+        .tensor_infos
+        .values()
+        .map(|t| t.shape.elem_count() as u64)
+        .sum();
+    let quantization = content
+        .tensor_infos
+        .get("blk.0.ffn_down.weight")
+        .or_else(|| content.tensor_infos.values().next())
+        .map_or_else(|| "unknown".into(), |t| format!("{:?}", t.ggml_dtype));
+    let info = ModelInfo {
+        name: meta_str(&content, "general.name").unwrap_or_else(|| {
+            path.file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        }),
+        architecture,
+        size_label: meta_str(&content, "general.size_label"),
+        parameters,
+        quantization,
+        context_length,
+        file_bytes,
+    };
+    Ok((file, content, info))
 }
 
 /// Rebuilds the tokenizer a GGUF file describes (GPT-2 style byte-level BPE).

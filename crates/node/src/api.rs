@@ -24,14 +24,16 @@ pub struct ApiState {
     pub node_name: String,
     /// Required as `Authorization: Bearer KEY` when set (the API is bound beyond 127.0.0.1).
     pub api_key: Option<String>,
+    /// The models this node runs itself (OpenAI-compatible endpoints).
+    pub models: std::sync::Arc<crate::models::LocalModels>,
 }
 
 /// An API error: a status code and a JSON body `{ "error": kind, "message": text }`.
 #[derive(Debug)]
 pub struct ApiError {
-    status: StatusCode,
-    kind: &'static str,
-    message: String,
+    pub(crate) status: StatusCode,
+    pub(crate) kind: &'static str,
+    pub(crate) message: String,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -235,6 +237,12 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/mesh/join", post(join))
         .route("/v1/tokens", post(issue))
         .route("/v1/tokens/revoke", post(revoke))
+        .route("/v1/models", get(crate::openai::models))
+        .route(
+            "/v1/chat/completions",
+            post(crate::openai::chat_completions),
+        )
+        .route("/v1/embeddings", post(crate::openai::embeddings))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             require_key,
@@ -405,6 +413,7 @@ mod tests {
             trust: None,
             node_name: "solo".into(),
             api_key,
+            models: Default::default(),
         })
     }
 

@@ -55,6 +55,19 @@ pub struct NodeConfig {
     #[serde(with = "humantime_serde")]
     pub token_ttl: Duration,
     pub gossip: GossipSection,
+    pub models: ModelsSection,
+}
+
+/// The models the node runs itself.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelsSection {
+    /// GGUF chat model: "" (none, the default), "auto" (SmolLM2-135M from the model cache that
+    /// `scripts/fetch-models` fills) or a path.
+    pub llm: String,
+    /// MiniLM embeddings: "", "auto" or a directory with model.safetensors, tokenizer.json,
+    /// config.json.
+    pub embeddings: String,
 }
 
 /// Timing of gossip and failure detection.
@@ -102,6 +115,7 @@ impl Default for NodeConfig {
             capabilities: Vec::new(),
             token_ttl: Duration::from_secs(24 * 3600),
             gossip: GossipSection::default(),
+            models: ModelsSection::default(),
         }
     }
 }
@@ -249,6 +263,10 @@ capabilities = ["llm/7B", "rag"]
 
 # Lifetime of tokens this node issues as the mesh authority; members renew at 2/3.
 token_ttl = "24h"
+
+[models]
+llm = ""          # "auto": SmolLM2-135M from the model cache (scripts/fetch-models); or a GGUF path
+embeddings = ""   # "auto": all-MiniLM-L6-v2 from the model cache; or a directory
 
 [gossip]
 interval = "500ms"          # time between rounds

@@ -36,6 +36,8 @@ pub enum NodeError {
     Discovery(#[from] atmosphere_mesh::discovery::DiscoveryError),
     #[error(transparent)]
     Trust(#[from] TrustError),
+    #[error(transparent)]
+    Models(#[from] crate::models::ModelError),
     #[error(
         "cannot serve the API on {addr}: {source} (is another node using the port? set `api` or --api)"
     )]
@@ -75,6 +77,15 @@ pub async fn run(
     let store = Store::open(&config.data_dir)?;
     let generation = store.next_generation()?;
     let mut mesh_config = config.mesh_config(generation)?;
+    let models = Arc::new(crate::models::LocalModels::configure(
+        &config.models.llm,
+        &config.models.embeddings,
+    )?);
+    for capability in models.capabilities() {
+        if !mesh_config.capabilities.contains(&capability) {
+            mesh_config.capabilities.push(capability);
+        }
+    }
     // Peers remembered from the last run help a restarted node find the mesh again.
     for peer in store.load_peers()? {
         if !mesh_config.bootstrap.iter().any(|p| p.id == peer.id) {
@@ -182,6 +193,7 @@ pub async fn run(
         trust: Some(trust_service),
         node_name: mesh_config.name.clone(),
         api_key,
+        models,
     });
 
     let saver = tokio::spawn(save_peers_periodically(mesh.clone(), store.clone()));

@@ -6,6 +6,8 @@ pub mod api;
 pub mod config;
 pub mod daemon;
 pub mod identity;
+pub mod models;
+pub mod openai;
 pub mod store;
 pub mod trust;
 

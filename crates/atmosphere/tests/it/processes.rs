@@ -121,3 +121,67 @@ async fn a_stopped_node_announces_its_leave() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_serves_its_real_models_over_the_openai_api_and_advertises_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = loopback_args(&unique_mesh("models"), "off", &[], &[]);
+    args.extend(["--llm", "auto", "--embeddings", "auto"].map(String::from));
+    let node = start("Mac-Studio", dir.path(), &args).await;
+    let api = node.api();
+    let view = status(&api).await.unwrap();
+    let caps: Vec<String> = view.nodes[0]
+        .capabilities
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(caps, ["llm/135M", "embeddings/minilm"]);
+
+    let http = http();
+    let models: serde_json::Value = http
+        .get(format!("http://{api}/v1/models"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(models["data"].as_array().unwrap().len(), 2, "{models}");
+    let answer: serde_json::Value = http
+        .post(format!("http://{api}/v1/chat/completions"))
+        .json(&serde_json::json!({
+            "model": "auto",
+            "messages": [{"role": "user", "content": "What is the capital of France? Answer in one word."}],
+            "max_tokens": 16
+        }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let content = answer["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(content.contains("Paris"), "{answer}");
+    assert!(answer["usage"]["completion_tokens"].as_u64().unwrap() <= 16);
+    let embedded: serde_json::Value = http
+        .post(format!("http://{api}/v1/embeddings"))
+        .json(&serde_json::json!({"input": ["turn on the lights", "hello"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        embedded["data"][1]["embedding"].as_array().unwrap().len(),
+        384
+    );
+    // Bad requests get a clear 4xx.
+    let response = http
+        .post(format!("http://{api}/v1/chat/completions"))
+        .json(&serde_json::json!({"messages": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+}
