@@ -39,28 +39,12 @@ async fn three_processes_find_each_other_by_mdns_with_no_bootstrap() {
 async fn kill_9_is_seen_down_and_a_restart_returns_with_the_same_identity() {
     let dir = tempfile::tempdir().unwrap();
     let mesh = unique_mesh("kill");
-    let a = start(
-        "a",
-        &dir.path().join("a"),
-        &loopback_args(&mesh, "off", &[], &[]),
-    )
-    .await;
-    let seed = vec![a.bootstrap_line()];
-    let b = start(
-        "b",
-        &dir.path().join("b"),
-        &loopback_args(&mesh, "off", &[], &seed),
-    )
-    .await;
-    let mut c = start(
-        "c",
-        &dir.path().join("c"),
-        &loopback_args(&mesh, "off", &["vision"], &seed),
-    )
-    .await;
-    form_mesh(&[&a, &b, &c]);
+    let [a, b, mut c]: [Proc; 3] = seeded_mesh(dir.path(), &mesh, &["a", "b", "c"])
+        .await
+        .try_into()
+        .ok()
+        .unwrap();
     let ids = [a.id(), b.id(), c.id()];
-    all_alive(&[a.api(), b.api(), c.api()], &ids, Duration::from_secs(20)).await;
 
     let c_id = c.id();
     c.kill().await;
@@ -90,25 +74,11 @@ async fn kill_9_is_seen_down_and_a_restart_returns_with_the_same_identity() {
 async fn a_stopped_node_announces_its_leave() {
     let dir = tempfile::tempdir().unwrap();
     let mesh = unique_mesh("leave");
-    let a = start(
-        "a",
-        &dir.path().join("a"),
-        &loopback_args(&mesh, "off", &[], &[]),
-    )
-    .await;
-    let b = start(
-        "b",
-        &dir.path().join("b"),
-        &loopback_args(&mesh, "off", &[], &[a.bootstrap_line()]),
-    )
-    .await;
-    form_mesh(&[&a, &b]);
-    all_alive(
-        &[a.api(), b.api()],
-        &[a.id(), b.id()],
-        Duration::from_secs(20),
-    )
-    .await;
+    let [a, b]: [Proc; 2] = seeded_mesh(dir.path(), &mesh, &["a", "b"])
+        .await
+        .try_into()
+        .ok()
+        .unwrap();
     let pid = b.child.id().unwrap();
     std::process::Command::new("kill")
         .args(["-TERM", &pid.to_string()])
