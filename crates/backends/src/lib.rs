@@ -3,6 +3,7 @@
 //! adapters follow.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod adapters;
 pub mod embed;
 pub mod llm;
 pub mod models;

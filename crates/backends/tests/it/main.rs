@@ -1,4 +1,5 @@
 //! Backends against the real model files (fetched by `scripts/fetch-models`).
 
+mod adapters;
 mod embeddings;
 mod llm;
