@@ -155,3 +155,32 @@ async fn a_node_serves_its_real_models_over_the_openai_api_and_advertises_them()
         .unwrap();
     assert_eq!(response.status(), 400);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openai_adapter_talks_to_a_real_server_process() {
+    use atmosphere_backends::adapters::Adapter;
+    use atmosphere_backends::{ChatMessage, GenerateOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = loopback_args(&unique_mesh("openai"), "off", &[], &[]);
+    args.extend(["--llm", "auto", "--embeddings", "auto"].map(String::from));
+    let node = start("server", dir.path(), &args).await;
+    let _ = http();
+    let openai =
+        Adapter::openai(&format!("http://{}", node.api()), Duration::from_secs(60)).unwrap();
+    openai.health().await.unwrap();
+    assert_eq!(openai.list_models().await.unwrap().len(), 2);
+    let options = GenerateOptions {
+        max_tokens: 16,
+        ..GenerateOptions::default()
+    };
+    let question = [ChatMessage::user(
+        "What is the capital of France? Answer in one word.",
+    )];
+    let answer = openai.chat("auto", &question, &options).await.unwrap();
+    assert!(answer.text.contains("Paris"), "{answer:?}");
+    let vectors = openai
+        .embed("all-minilm", &["a".into(), "b".into()])
+        .await
+        .unwrap();
+    assert_eq!(vectors.len(), 2);
+}
