@@ -73,6 +73,9 @@ pub struct Adapter {
 
 impl Adapter {
     fn new(kind: Kind, base: &str, timeout: Duration) -> Result<Self, AdapterError> {
+        // reqwest is built with rustls but no crypto provider in this workspace (iroh's choice);
+        // ring is ours. Installing twice is harmless.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(Duration::from_secs(3))
