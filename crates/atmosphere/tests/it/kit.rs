@@ -285,3 +285,10 @@ pub async fn seeded_mesh(dir: &Path, mesh: &str, names: &[&str]) -> Vec<Proc> {
     all_alive(&apis, &ids, Duration::from_secs(20)).await;
     nodes
 }
+
+/// A lone node (its own mesh name, no discovery) serving the cached SmolLM2 and MiniLM.
+pub async fn start_with_models(name: &str, data_dir: &Path) -> Proc {
+    let mut args = loopback_args(&unique_mesh(name), "off", &[], &[]);
+    args.extend(["--llm", "auto", "--embeddings", "auto"].map(String::from));
+    start(name, data_dir, &args).await
+}

@@ -95,9 +95,7 @@ async fn a_stopped_node_announces_its_leave() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_serves_its_real_models_over_the_openai_api_and_advertises_them() {
     let dir = tempfile::tempdir().unwrap();
-    let mut args = loopback_args(&unique_mesh("models"), "off", &[], &[]);
-    args.extend(["--llm", "auto", "--embeddings", "auto"].map(String::from));
-    let node = start("Mac-Studio", dir.path(), &args).await;
+    let node = start_with_models("Mac-Studio", dir.path()).await;
     let api = node.api();
     let view = status(&api).await.unwrap();
     let caps: Vec<String> = view.nodes[0]
@@ -161,10 +159,7 @@ async fn the_openai_adapter_talks_to_a_real_server_process() {
     use atmosphere_backends::adapters::Adapter;
     use atmosphere_backends::{ChatMessage, GenerateOptions};
     let dir = tempfile::tempdir().unwrap();
-    let mut args = loopback_args(&unique_mesh("openai"), "off", &[], &[]);
-    args.extend(["--llm", "auto", "--embeddings", "auto"].map(String::from));
-    let node = start("server", dir.path(), &args).await;
-    let _ = http();
+    let node = start_with_models("server", dir.path()).await;
     let openai =
         Adapter::openai(&format!("http://{}", node.api()), Duration::from_secs(60)).unwrap();
     openai.health().await.unwrap();
