@@ -7,6 +7,7 @@ pub mod adapters;
 pub mod embed;
 pub mod llm;
 pub mod models;
+pub mod spm;
 
 pub use embed::{EMBEDDING_DIM, EmbedError, Embedder};
 pub use llm::{

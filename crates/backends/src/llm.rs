@@ -1,5 +1,6 @@
-//! GGUF language models served by the node itself, in pure Rust: candle's quantized llama, a
-//! tokenizer rebuilt from the GGUF metadata (byte-level BPE), the model's own chat template.
+//! GGUF language models served by the node itself, in pure Rust: candle's quantized llama and
+//! gemma3, a tokenizer rebuilt from the GGUF metadata (byte-level BPE or SentencePiece scores),
+//! the model's own chat template.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -7,12 +8,75 @@ use std::time::{Duration, Instant};
 use candle_core::quantized::gguf_file;
 use candle_core::{Device, Tensor};
 use candle_transformers::generation::{LogitsProcessor, Sampling};
-use candle_transformers::models::quantized_llama::ModelWeights;
+use candle_transformers::models::{quantized_gemma3, quantized_llama};
 use serde::{Deserialize, Serialize};
 use tokenizers::models::bpe::BPE;
 use tokenizers::{AddedToken, Tokenizer};
 
 use crate::models::FETCH_HINT;
+use crate::spm::SpmTokenizer;
+
+/// Architectures this module runs (`general.architecture`).
+pub const ARCHITECTURES: [&str; 2] = ["llama", "gemma3"];
+
+/// The network, by architecture.
+enum Weights {
+    Llama(quantized_llama::ModelWeights),
+    Gemma3(quantized_gemma3::ModelWeights),
+}
+
+impl Weights {
+    fn forward(&mut self, input: &Tensor, position: usize) -> candle_core::Result<Tensor> {
+        match self {
+            Self::Llama(w) => w.forward(input, position),
+            // gemma3 restarts its KV cache whenever position is 0.
+            Self::Gemma3(w) => w.forward(input, position),
+        }
+    }
+
+    fn reset(&mut self) {
+        match self {
+            Self::Llama(w) => w.clear_kv_cache(),
+            Self::Gemma3(_) => {}
+        }
+    }
+}
+
+/// The vocabulary, by the GGUF's `tokenizer.ggml.model`.
+enum TextTokenizer {
+    /// `gpt2`: byte-level BPE with merges.
+    Bpe(Box<Tokenizer>),
+    /// `llama`: SentencePiece pieces with scores.
+    Spm(SpmTokenizer),
+}
+
+impl TextTokenizer {
+    fn encode(&self, text: &str) -> Result<Vec<u32>, LlmError> {
+        match self {
+            Self::Bpe(t) => t
+                .encode(text, false)
+                .map(|e| e.get_ids().to_vec())
+                .map_err(|e| LlmError::Tokenize(e.to_string())),
+            Self::Spm(t) => Ok(t.encode(text)),
+        }
+    }
+
+    fn decode(&self, ids: &[u32]) -> Result<String, LlmError> {
+        match self {
+            Self::Bpe(t) => t
+                .decode(ids, true)
+                .map_err(|e| LlmError::Tokenize(e.to_string())),
+            Self::Spm(t) => Ok(t.decode(ids, true)),
+        }
+    }
+
+    fn token_to_id(&self, token: &str) -> Option<u32> {
+        match self {
+            Self::Bpe(t) => t.token_to_id(token),
+            Self::Spm(t) => t.token_to_id(token),
+        }
+    }
+}
 
 /// Why loading or generating failed.
 #[derive(Debug, thiserror::Error)]
@@ -118,10 +182,12 @@ impl Generation {
 
 /// A loaded GGUF model. Generation needs `&mut self` (the KV cache); share it behind a mutex.
 pub struct GgufModel {
-    weights: ModelWeights,
-    tokenizer: Tokenizer,
+    weights: Weights,
+    tokenizer: TextTokenizer,
     info: ModelInfo,
     stop_ids: Vec<u32>,
+    /// Prepended to every prompt when the file asks for it (`tokenizer.ggml.add_bos_token`).
+    bos_id: Option<u32>,
     template: Option<String>,
     bos: Option<String>,
     eos: Option<String>,
@@ -161,6 +227,12 @@ impl GgufModel {
             reason,
         };
         let tokenizer = tokenizer_from_gguf(&content).map_err(corrupt)?;
+        let add_bos = content
+            .metadata
+            .get("tokenizer.ggml.add_bos_token")
+            .and_then(|v| v.to_bool().ok())
+            .unwrap_or(false);
+        let bos_id = meta_u32(&content, "tokenizer.ggml.bos_token_id").filter(|_| add_bos);
         let tokens = meta_strings(&content, "tokenizer.ggml.tokens").unwrap_or_default();
         let token_text =
             |key: &str| meta_u32(&content, key).and_then(|id| tokens.get(id as usize).cloned());
@@ -169,7 +241,13 @@ impl GgufModel {
         let mut stop_ids: Vec<u32> = meta_u32(&content, "tokenizer.ggml.eos_token_id")
             .into_iter()
             .collect();
-        for marker in ["<|im_end|>", "<|endoftext|>", "<|eot_id|>", "</s>"] {
+        for marker in [
+            "<|im_end|>",
+            "<|endoftext|>",
+            "<|eot_id|>",
+            "</s>",
+            "<end_of_turn>",
+        ] {
             if let Some(id) = tokenizer.token_to_id(marker)
                 && !stop_ids.contains(&id)
             {
@@ -177,13 +255,19 @@ impl GgufModel {
             }
         }
         let template = meta_str(&content, "tokenizer.chat_template");
-        let weights = ModelWeights::from_gguf(content, &mut file, &Device::Cpu)
-            .map_err(|e| corrupt(e.to_string()))?;
+        let weights = match info.architecture.as_str() {
+            "gemma3" => quantized_gemma3::ModelWeights::from_gguf(content, &mut file, &Device::Cpu)
+                .map(Weights::Gemma3),
+            _ => quantized_llama::ModelWeights::from_gguf(content, &mut file, &Device::Cpu)
+                .map(Weights::Llama),
+        }
+        .map_err(|e| corrupt(e.to_string()))?;
         Ok(Self {
             weights,
             tokenizer,
             info,
             stop_ids,
+            bos_id,
             template,
             bos,
             eos,
@@ -199,10 +283,38 @@ impl GgufModel {
         &self.info
     }
 
-    /// Renders `messages` with the model's chat template (ChatML when the file has none).
+    /// Token ids of `text` (control tokens written in it are recognised; no BOS added).
+    pub fn tokenize(&self, text: &str) -> Result<Vec<u32>, LlmError> {
+        self.tokenizer.encode(text)
+    }
+
+    /// Renders `messages` with the model's chat template; when the file has none, the turn
+    /// format of its family (Gemma's turns, else ChatML).
     pub fn render_chat(&self, messages: &[ChatMessage]) -> Result<String, LlmError> {
         let Some(template) = &self.template else {
             let mut prompt = String::new();
+            if self.info.architecture == "gemma3" {
+                // Gemma has no system role: a system message opens the first user turn.
+                let mut pending_system = String::new();
+                for message in messages {
+                    match message.role.as_str() {
+                        "system" => {
+                            pending_system.push_str(&message.content);
+                            pending_system.push_str("\n\n");
+                        }
+                        role => {
+                            let role = if role == "assistant" { "model" } else { "user" };
+                            prompt.push_str(&format!(
+                                "<start_of_turn>{role}\n{}{}<end_of_turn>\n",
+                                std::mem::take(&mut pending_system),
+                                message.content.trim()
+                            ));
+                        }
+                    }
+                }
+                prompt.push_str("<start_of_turn>model\n");
+                return Ok(prompt);
+            }
             for message in messages {
                 prompt.push_str(&format!(
                     "<|im_start|>{}\n{}<|im_end|>\n",
@@ -257,11 +369,8 @@ impl GgufModel {
         mut on_token: impl FnMut(&str),
     ) -> Result<Generation, LlmError> {
         let started = Instant::now();
-        let encoding = self
-            .tokenizer
-            .encode(prompt, false)
-            .map_err(|e| LlmError::Tokenize(e.to_string()))?;
-        let prompt_ids = encoding.get_ids().to_vec();
+        let mut prompt_ids: Vec<u32> = self.bos_id.into_iter().collect();
+        prompt_ids.extend(self.tokenizer.encode(prompt)?);
         let budget = prompt_ids.len() + options.max_tokens;
         if prompt_ids.is_empty() || budget > self.info.context_length {
             return Err(LlmError::TooLong {
@@ -283,7 +392,7 @@ impl GgufModel {
             }
         };
         let mut sampler = LogitsProcessor::from_sampling(options.seed, sampling);
-        self.weights.clear_kv_cache();
+        self.weights.reset();
         let device = Device::Cpu;
         let input = Tensor::new(prompt_ids.as_slice(), &device)?.unsqueeze(0)?;
         let mut logits = self.weights.forward(&input, 0)?.squeeze(0)?;
@@ -301,10 +410,7 @@ impl GgufModel {
             generated.push(next);
             // Decode the whole completion and emit what is new: multi-byte characters can span
             // tokens, so a token alone may not be valid text yet.
-            let decoded = self
-                .tokenizer
-                .decode(&generated, true)
-                .map_err(|e| LlmError::Tokenize(e.to_string()))?;
+            let decoded = self.tokenizer.decode(&generated)?;
             if let Some(cut) = options
                 .stop
                 .iter()
@@ -331,10 +437,7 @@ impl GgufModel {
             logits = self.weights.forward(&input, position)?.squeeze(0)?;
         }
         if stop_reason != StopReason::StopSequence {
-            let decoded = self
-                .tokenizer
-                .decode(&generated, true)
-                .map_err(|e| LlmError::Tokenize(e.to_string()))?;
+            let decoded = self.tokenizer.decode(&generated)?;
             if decoded.len() > text.len() && decoded.is_char_boundary(text.len()) {
                 on_token(&decoded[text.len()..]);
             }
@@ -366,22 +469,30 @@ fn open(path: &Path) -> Result<(std::fs::File, gguf_file::Content, ModelInfo), L
     let file_bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
     let content = gguf_file::Content::read(&mut file).map_err(|e| corrupt(e.to_string()))?;
     let architecture = meta_str(&content, "general.architecture").unwrap_or_default();
-    if architecture != "llama" {
+    if !ARCHITECTURES.contains(&architecture.as_str()) {
         return Err(corrupt(format!(
-            "architecture {architecture:?}: only llama-family models run in process"
+            "architecture {architecture:?}: the in-process backend runs {}; serve it with \
+             llama.cpp or Ollama and add that server as an adapter",
+            ARCHITECTURES.join(", ")
         )));
     }
-    let context_length = meta_u32(&content, "llama.context_length").map_or(2048, |n| n as usize);
+    let context_length = meta_u32(&content, &format!("{architecture}.context_length"))
+        .map_or(2048, |n| n as usize);
     let parameters: u64 = content
         .tensor_infos
         .values()
         .map(|t| t.shape.elem_count() as u64)
         .sum();
-    let quantization = content
-        .tensor_infos
-        .get("blk.0.ffn_down.weight")
-        .or_else(|| content.tensor_infos.values().next())
-        .map_or_else(|| "unknown".into(), |t| format!("{:?}", t.ggml_dtype));
+    let quantization = meta_u32(&content, "general.file_type")
+        .and_then(file_type_name)
+        .map(str::to_owned)
+        .or_else(|| {
+            content
+                .tensor_infos
+                .get("blk.0.ffn_down.weight")
+                .map(|t| format!("{:?}", t.ggml_dtype))
+        })
+        .unwrap_or_else(|| "unknown".into());
     let info = ModelInfo {
         name: meta_str(&content, "general.name").unwrap_or_else(|| {
             path.file_stem()
@@ -398,14 +509,67 @@ fn open(path: &Path) -> Result<(std::fs::File, gguf_file::Content, ModelInfo), L
     Ok((file, content, info))
 }
 
-/// Rebuilds the tokenizer a GGUF file describes (GPT-2 style byte-level BPE).
-fn tokenizer_from_gguf(content: &gguf_file::Content) -> Result<Tokenizer, String> {
+/// llama.cpp's names for `general.file_type` (its `llama_ftype` enumeration).
+fn file_type_name(file_type: u32) -> Option<&'static str> {
+    Some(match file_type {
+        0 => "F32",
+        1 => "F16",
+        2 => "Q4_0",
+        3 => "Q4_1",
+        7 => "Q8_0",
+        8 => "Q5_0",
+        9 => "Q5_1",
+        10 => "Q2_K",
+        11 => "Q3_K_S",
+        12 => "Q3_K_M",
+        13 => "Q3_K_L",
+        14 => "Q4_K_S",
+        15 => "Q4_K_M",
+        16 => "Q5_K_S",
+        17 => "Q5_K_M",
+        18 => "Q6_K",
+        32 => "BF16",
+        _ => return None,
+    })
+}
+
+/// Rebuilds the tokenizer a GGUF file describes: byte-level BPE (`gpt2`) or SentencePiece
+/// pieces with scores (`llama`).
+fn tokenizer_from_gguf(content: &gguf_file::Content) -> Result<TextTokenizer, String> {
     let model = meta_str(content, "tokenizer.ggml.model").unwrap_or_default();
-    if model != "gpt2" {
-        return Err(format!(
-            "tokenizer {model:?}: only byte-level BPE (gpt2) tokenizers are rebuilt so far"
-        ));
+    let types: Vec<i32> = content
+        .metadata
+        .get("tokenizer.ggml.token_type")
+        .and_then(|v| v.to_vec().ok())
+        .map(|v| v.iter().map(|t| t.to_i32().unwrap_or(1)).collect())
+        .unwrap_or_default();
+    match model.as_str() {
+        "gpt2" => bpe_from_gguf(content, &types).map(|t| TextTokenizer::Bpe(Box::new(t))),
+        "llama" => {
+            let tokens =
+                meta_strings(content, "tokenizer.ggml.tokens").ok_or("no tokenizer.ggml.tokens")?;
+            let scores: Vec<f32> = content
+                .metadata
+                .get("tokenizer.ggml.scores")
+                .and_then(|v| v.to_vec().ok())
+                .map(|v| v.iter().map(|s| s.to_f32().unwrap_or(0.0)).collect())
+                .unwrap_or_default();
+            let unknown = meta_u32(content, "tokenizer.ggml.unknown_token_id").unwrap_or(0);
+            let add_space_prefix = content
+                .metadata
+                .get("tokenizer.ggml.add_space_prefix")
+                .and_then(|v| v.to_bool().ok())
+                .unwrap_or(true);
+            SpmTokenizer::new(tokens, scores, types, unknown, add_space_prefix)
+                .map(TextTokenizer::Spm)
+        }
+        other => Err(format!(
+            "tokenizer {other:?}: byte-level BPE (gpt2) and SentencePiece (llama) vocabularies are rebuilt"
+        )),
     }
+}
+
+fn bpe_from_gguf(content: &gguf_file::Content, types: &[i32]) -> Result<Tokenizer, String> {
     let tokens =
         meta_strings(content, "tokenizer.ggml.tokens").ok_or("no tokenizer.ggml.tokens")?;
     let merges =
@@ -429,12 +593,6 @@ fn tokenizer_from_gguf(content: &gguf_file::Content) -> Result<Tokenizer, String
     tokenizer.with_pre_tokenizer(Some(byte_level));
     tokenizer.with_decoder(Some(tokenizers::decoders::byte_level::ByteLevel::default()));
     // Control tokens (type 3) are matched whole, never split by BPE.
-    let types: Vec<i32> = content
-        .metadata
-        .get("tokenizer.ggml.token_type")
-        .and_then(|v| v.to_vec().ok())
-        .map(|v| v.iter().map(|t| t.to_i32().unwrap_or(1)).collect())
-        .unwrap_or_default();
     let special: Vec<AddedToken> = tokens
         .iter()
         .zip(types.iter().chain(std::iter::repeat(&1)))
