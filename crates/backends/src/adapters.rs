@@ -9,6 +9,9 @@ use serde_json::{Value, json};
 
 use crate::llm::{ChatMessage, GenerateOptions, StopReason};
 
+/// The longest streamed line accepted before the stream is called garbage.
+const MAX_STREAM_LINE: usize = 1 << 20;
+
 /// Why a call to a model server failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -275,6 +278,166 @@ impl Adapter {
         }
     }
 
+    /// Chat, streamed: `on_token` gets each piece as the server sends it. Ollama: `POST
+    /// /api/chat` with `stream: true` answers NDJSON, one `{"message":{"content"},"done":false}`
+    /// per piece and a final `{"done":true, "prompt_eval_count", "eval_count", "done_reason"}`.
+    /// OpenAI and LlamaFarm: `stream: true` answers server-sent events, `data: {chunk}` with
+    /// `choices[0].delta.content` and `finish_reason`, closed by `data: [DONE]`; usage comes in a
+    /// last chunk when asked for with `stream_options.include_usage`.
+    pub async fn chat_stream(
+        &self,
+        model: &str,
+        messages: &[ChatMessage],
+        options: &GenerateOptions,
+        mut on_token: impl FnMut(&str),
+    ) -> Result<ChatOutput, AdapterError> {
+        let (url, body) = match self.kind {
+            Kind::Ollama => (
+                format!("{}/api/chat", self.base),
+                json!({
+                    "model": model,
+                    "messages": messages,
+                    "stream": true,
+                    "options": {
+                        "temperature": options.temperature,
+                        "num_predict": options.max_tokens,
+                        "stop": options.stop,
+                        "seed": options.seed,
+                    },
+                }),
+            ),
+            Kind::OpenAi | Kind::LlamaFarm => {
+                let url = match (&self.kind, &self.project) {
+                    (Kind::LlamaFarm, Some(project)) => {
+                        format!("{}/v1/projects/{project}/chat/completions", self.base)
+                    }
+                    _ => format!("{}/v1/chat/completions", self.base),
+                };
+                let mut body = json!({
+                    "model": model,
+                    "messages": messages,
+                    "stream": true,
+                    "stream_options": {"include_usage": true},
+                    "max_tokens": options.max_tokens,
+                    "temperature": options.temperature,
+                    "seed": options.seed,
+                });
+                if !options.stop.is_empty() {
+                    body["stop"] = json!(options.stop);
+                }
+                (url, body)
+            }
+        };
+        let mut request = self.http.post(&url).json(&body);
+        if self.kind == Kind::LlamaFarm {
+            request = request.header("X-No-Session", "true");
+        }
+        let unreachable = |e: reqwest::Error| AdapterError::Unreachable {
+            server: self.kind.label(),
+            url: url.clone(),
+            reason: e.to_string(),
+        };
+        let mut response = request.send().await.map_err(unreachable)?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = response.text().await.unwrap_or_default();
+            return Err(AdapterError::Status {
+                server: self.kind.label(),
+                status: status.as_u16(),
+                body: body.chars().take(300).collect(),
+            });
+        }
+        let mut output = ChatOutput {
+            text: String::new(),
+            prompt_tokens: None,
+            completion_tokens: None,
+            stop_reason: StopReason::EndOfText,
+        };
+        let mut pending: Vec<u8> = Vec::new();
+        let mut finished = false;
+        while let Some(chunk) = response.chunk().await.map_err(unreachable)? {
+            pending.extend_from_slice(&chunk);
+            if pending.len() > MAX_STREAM_LINE {
+                return Err(self.garbage("a streamed line longer than 1 MiB"));
+            }
+            while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=end).collect();
+                let line = String::from_utf8_lossy(&line);
+                if self.stream_line(line.trim(), &mut output, &mut on_token)? {
+                    finished = true;
+                }
+            }
+        }
+        let rest = String::from_utf8_lossy(&pending).into_owned();
+        if self.stream_line(rest.trim(), &mut output, &mut on_token)? {
+            finished = true;
+        }
+        if !finished {
+            return Err(self.garbage("the stream ended without its closing message"));
+        }
+        Ok(output)
+    }
+
+    /// Folds one streamed line into `output`; true when it is the stream's closing message.
+    fn stream_line(
+        &self,
+        line: &str,
+        output: &mut ChatOutput,
+        on_token: &mut impl FnMut(&str),
+    ) -> Result<bool, AdapterError> {
+        if line.is_empty() || line.starts_with(':') {
+            return Ok(false);
+        }
+        let mut piece = |text: &str| {
+            if !text.is_empty() {
+                on_token(text);
+                output.text.push_str(text);
+            }
+        };
+        match self.kind {
+            Kind::Ollama => {
+                let value: Value = serde_json::from_str(line)
+                    .map_err(|e| self.garbage(format!("NDJSON line: {e}")))?;
+                if let Some(error) = value["error"].as_str() {
+                    return Err(self.garbage(format!("error in stream: {error}")));
+                }
+                piece(value["message"]["content"].as_str().unwrap_or_default());
+                if value["done"].as_bool() == Some(true) {
+                    output.prompt_tokens = value["prompt_eval_count"].as_u64();
+                    output.completion_tokens = value["eval_count"].as_u64();
+                    if value["done_reason"].as_str() == Some("length") {
+                        output.stop_reason = StopReason::MaxTokens;
+                    }
+                    return Ok(true);
+                }
+                Ok(false)
+            }
+            Kind::OpenAi | Kind::LlamaFarm => {
+                let Some(data) = line.strip_prefix("data:").map(str::trim) else {
+                    return Ok(false); // `event:`, `id:`, `retry:` fields
+                };
+                if data == "[DONE]" {
+                    return Ok(true);
+                }
+                let value: Value = serde_json::from_str(data)
+                    .map_err(|e| self.garbage(format!("SSE data: {e}")))?;
+                if let Some(error) = value["error"]["message"].as_str() {
+                    return Err(self.garbage(format!("error in stream: {error}")));
+                }
+                let choice = &value["choices"][0];
+                piece(choice["delta"]["content"].as_str().unwrap_or_default());
+                if choice["finish_reason"].as_str() == Some("length") {
+                    output.stop_reason = StopReason::MaxTokens;
+                }
+                if let Some(usage) = value.get("usage").filter(|u| u.is_object()) {
+                    output.prompt_tokens = usage["prompt_tokens"].as_u64();
+                    output.completion_tokens = usage["completion_tokens"].as_u64();
+                }
+                Ok(false)
+            }
+        }
+    }
+
     /// Embeddings. Ollama: `POST /api/embed` `{model, input: [..]}` → `embeddings`. OpenAI and
     /// LlamaFarm's Universal Runtime: `POST /v1/embeddings` → `data[].embedding` by `index`.
     pub async fn embed(
@@ -300,9 +463,9 @@ impl Adapter {
                     .enumerate()
                     .map(|(i, row)| {
                         let index = row["index"].as_u64().map_or(i, |x| x as usize);
-                        serde_json::from_value(row["embedding"].clone())
+                        pooled(&row["embedding"])
                             .map(|v| (index, v))
-                            .map_err(|e| self.garbage(format!("embedding: {e}")))
+                            .ok_or_else(|| self.garbage("an embedding that is not numbers"))
                     })
                     .collect::<Result<_, _>>()?;
                 rows.sort_by_key(|(index, _)| *index);
@@ -318,4 +481,27 @@ impl Adapter {
         }
         Ok(vectors)
     }
+}
+
+/// An embedding as a vector: servers that do not pool (llama.cpp on a model without a pooling
+/// type) send one vector per token; those are mean-pooled here.
+fn pooled(value: &Value) -> Option<Vec<f32>> {
+    let rows = value.as_array()?;
+    if rows.first().is_some_and(Value::is_array) {
+        let rows: Vec<Vec<f32>> = rows.iter().map(pooled).collect::<Option<_>>()?;
+        let width = rows.first()?.len();
+        if rows.iter().any(|r| r.len() != width) {
+            return None;
+        }
+        let mut mean = vec![0.0f32; width];
+        for row in &rows {
+            for (m, x) in mean.iter_mut().zip(row) {
+                *m += x;
+            }
+        }
+        let n = rows.len() as f32;
+        mean.iter_mut().for_each(|m| *m /= n);
+        return Some(mean);
+    }
+    rows.iter().map(|x| x.as_f64().map(|x| x as f32)).collect()
 }

@@ -47,7 +47,7 @@ enum TextTokenizer {
     /// `gpt2`: byte-level BPE with merges.
     Bpe(Box<Tokenizer>),
     /// `llama`: SentencePiece pieces with scores.
-    Spm(SpmTokenizer),
+    Spm(Box<SpmTokenizer>),
 }
 
 impl TextTokenizer {
@@ -476,8 +476,8 @@ fn open(path: &Path) -> Result<(std::fs::File, gguf_file::Content, ModelInfo), L
             ARCHITECTURES.join(", ")
         )));
     }
-    let context_length = meta_u32(&content, &format!("{architecture}.context_length"))
-        .map_or(2048, |n| n as usize);
+    let context_length =
+        meta_u32(&content, &format!("{architecture}.context_length")).map_or(2048, |n| n as usize);
     let parameters: u64 = content
         .tensor_infos
         .values()
@@ -561,7 +561,7 @@ fn tokenizer_from_gguf(content: &gguf_file::Content) -> Result<TextTokenizer, St
                 .and_then(|v| v.to_bool().ok())
                 .unwrap_or(true);
             SpmTokenizer::new(tokens, scores, types, unknown, add_space_prefix)
-                .map(TextTokenizer::Spm)
+                .map(|t| TextTokenizer::Spm(Box::new(t)))
         }
         other => Err(format!(
             "tokenizer {other:?}: byte-level BPE (gpt2) and SentencePiece (llama) vocabularies are rebuilt"

@@ -71,7 +71,7 @@ impl SpmTokenizer {
             index.entry(piece.clone()).or_insert(id32);
         }
         for list in specials.values_mut() {
-            list.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+            list.sort_by_key(|(piece, _)| std::cmp::Reverse(piece.len()));
         }
         let mut types = types;
         types.resize(pieces.len(), NORMAL);
@@ -84,7 +84,7 @@ impl SpmTokenizer {
             index,
             bytes,
             specials,
-            unknown: unknown.min(u32::MAX),
+            unknown,
             add_space_prefix,
         })
     }

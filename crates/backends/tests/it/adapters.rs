@@ -13,6 +13,7 @@ use atmosphere_backends::models::{MINILM_DIR, SMOLLM2_DIR, cache_dir};
 use atmosphere_backends::{ChatMessage, Embedder, GenerateOptions, GgufModel, StopReason};
 use axum::extract::State;
 use axum::http::HeaderMap;
+use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{Value, json};
@@ -49,17 +50,96 @@ fn run_chat(
     messages: Vec<ChatMessage>,
     max_tokens: usize,
 ) -> (String, usize, usize, StopReason) {
+    let (pieces, prompt, completion, stop) = run_chat_pieces(models, messages, max_tokens);
+    (pieces.concat(), prompt, completion, stop)
+}
+
+/// The real model's answer as the pieces it streamed.
+fn run_chat_pieces(
+    models: &Models,
+    messages: Vec<ChatMessage>,
+    max_tokens: usize,
+) -> (Vec<String>, usize, usize, StopReason) {
     let options = GenerateOptions {
         max_tokens,
         ..GenerateOptions::default()
     };
+    let mut pieces = Vec::new();
     let g = models
         .llm
         .lock()
         .unwrap()
-        .chat(&messages, &options, |_| {})
+        .chat(&messages, &options, |p| pieces.push(p.to_owned()))
         .unwrap();
-    (g.text, g.prompt_tokens, g.completion_tokens, g.stop_reason)
+    (pieces, g.prompt_tokens, g.completion_tokens, g.stop_reason)
+}
+
+/// Ollama's streamed `/api/chat` body: one JSON object per line, the last with `done: true`.
+fn ollama_ndjson(
+    model: &Value,
+    pieces: &[String],
+    prompt: usize,
+    completion: usize,
+    stop: StopReason,
+) -> String {
+    let mut body = String::new();
+    for piece in pieces {
+        body.push_str(
+            &json!({"model": model, "created_at": "2026-11-25T00:00:00Z",
+            "message": {"role": "assistant", "content": piece}, "done": false})
+            .to_string(),
+        );
+        body.push('\n');
+    }
+    body.push_str(
+        &json!({"model": model, "created_at": "2026-11-25T00:00:00Z",
+        "message": {"role": "assistant", "content": ""}, "done": true,
+        "done_reason": if stop == StopReason::MaxTokens { "length" } else { "stop" },
+        "prompt_eval_count": prompt, "eval_count": completion})
+        .to_string(),
+    );
+    body.push('\n');
+    body
+}
+
+/// OpenAI-style server-sent events: `data: {chunk}` per piece, a finish chunk, a usage chunk,
+/// then `data: [DONE]`.
+fn openai_sse(
+    model: &Value,
+    pieces: &[String],
+    prompt: usize,
+    completion: usize,
+    stop: StopReason,
+) -> String {
+    let chunk = |delta: Value, finish: Value| {
+        json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 0, "model": model,
+               "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+    };
+    let mut body = String::from(": keep-alive comment\n\n");
+    body.push_str(&format!(
+        "data: {}\n\n",
+        chunk(json!({"role": "assistant"}), Value::Null)
+    ));
+    for piece in pieces {
+        body.push_str(&format!(
+            "data: {}\n\n",
+            chunk(json!({"content": piece}), Value::Null)
+        ));
+    }
+    let finish = if stop == StopReason::MaxTokens {
+        "length"
+    } else {
+        "stop"
+    };
+    body.push_str(&format!("data: {}\n\n", chunk(json!({}), json!(finish))));
+    body.push_str(&format!(
+        "data: {}\n\n",
+        json!({"id": "chatcmpl-1", "object": "chat.completion.chunk",
+        "choices": [], "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
+        "total_tokens": prompt + completion}})
+    ));
+    body.push_str("data: [DONE]\n\n");
+    body
 }
 
 fn ollama_server(models: Models) -> Router {
@@ -69,9 +149,13 @@ fn ollama_server(models: Models) -> Router {
         .route(
             "/api/chat",
             post(|State(m): State<Models>, Json(body): Json<Value>| async move {
-                assert_eq!(body["stream"], false, "the adapter asks for one JSON answer");
                 let messages: Vec<ChatMessage> = serde_json::from_value(body["messages"].clone()).unwrap();
                 let max = body["options"]["num_predict"].as_u64().unwrap() as usize;
+                if body["stream"] == true {
+                    let (pieces, prompt, completion, stop) =
+                        tokio::task::spawn_blocking(move || run_chat_pieces(&m, messages, max)).await.unwrap();
+                    return ollama_ndjson(&body["model"], &pieces, prompt, completion, stop).into_response();
+                }
                 let (text, prompt, completion, stop) =
                     tokio::task::spawn_blocking(move || run_chat(&m, messages, max)).await.unwrap();
                 Json(json!({
@@ -80,6 +164,7 @@ fn ollama_server(models: Models) -> Router {
                     "done": true, "done_reason": if stop == StopReason::MaxTokens { "length" } else { "stop" },
                     "prompt_eval_count": prompt, "eval_count": completion,
                 }))
+                .into_response()
             }),
         )
         .route(
@@ -104,6 +189,12 @@ fn llamafarm_server(models: Models) -> Router {
                 assert_eq!(headers.get("x-no-session").unwrap(), "true");
                 let messages: Vec<ChatMessage> = serde_json::from_value(body["messages"].clone()).unwrap();
                 let max = body["max_tokens"].as_u64().unwrap() as usize;
+                if body["stream"] == true {
+                    let (pieces, prompt, completion, stop) =
+                        tokio::task::spawn_blocking(move || run_chat_pieces(&m, messages, max)).await.unwrap();
+                    let sse = openai_sse(&body["model"], &pieces, prompt, completion, stop);
+                    return ([("content-type", "text/event-stream")], sse).into_response();
+                }
                 let (text, prompt, completion, stop) =
                     tokio::task::spawn_blocking(move || run_chat(&m, messages, max)).await.unwrap();
                 Json(json!({
@@ -112,6 +203,7 @@ fn llamafarm_server(models: Models) -> Router {
                                  "finish_reason": if stop == StopReason::MaxTokens { "length" } else { "stop" }}],
                     "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion},
                 }))
+                .into_response()
             }),
         )
         .with_state(models)
@@ -165,6 +257,19 @@ async fn ollama_adapter_speaks_its_wire_format() {
         .unwrap();
     assert!(answer.text.contains("Paris"), "{answer:?}");
     assert!(answer.completion_tokens.unwrap() <= 16);
+    let mut pieces = Vec::new();
+    let streamed = ollama
+        .chat_stream("smollm2:135m", &question(), &options(), |p| {
+            pieces.push(p.to_owned())
+        })
+        .await
+        .unwrap();
+    assert_eq!(streamed.text, answer.text);
+    assert!(
+        pieces.len() > 1 && pieces.concat() == answer.text,
+        "{pieces:?}"
+    );
+    assert_eq!(streamed.completion_tokens, answer.completion_tokens);
     let vectors = ollama
         .embed(
             "all-minilm",
@@ -186,6 +291,18 @@ async fn llamafarm_adapter_uses_projects_and_the_universal_runtime() {
     farm.health().await.unwrap();
     let answer = farm.chat("smollm2", &question(), &options()).await.unwrap();
     assert!(answer.text.contains("Paris"), "{answer:?}");
+    let mut pieces = Vec::new();
+    let streamed = farm
+        .chat_stream("smollm2", &question(), &options(), |p| {
+            pieces.push(p.to_owned())
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        (streamed.text.as_str(), streamed.prompt_tokens),
+        (answer.text.as_str(), answer.prompt_tokens)
+    );
+    assert!(pieces.len() > 1, "{pieces:?}");
     let texts: Vec<String> = vec!["cameras".into(), "policy".into(), "garage".into()];
     let vectors = farm.embed("all-minilm", &texts).await.unwrap();
     // Reordered by index: the first vector is the embedding of the first text.
@@ -236,6 +353,30 @@ async fn unreachable_failing_and_garbage_servers_are_clear_errors() {
         ollama.chat("m", &question(), &options()).await,
         Err(AdapterError::Garbage { .. })
     ));
+    // A stream that stops before its closing message, or carries non-JSON, is garbage.
+    let err = ollama
+        .chat_stream("m", &question(), &options(), |_| {})
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("without its closing message"),
+        "{err}"
+    );
+    let truncated = serve(Router::new().route(
+        "/v1/chat/completions",
+        post(|| async {
+            "data: {\"choices\":[{\"delta\":{\"content\":\"Par\"}}]}\n\ndata: {not json"
+        }),
+    ))
+    .await;
+    let openai = Adapter::openai(&truncated, Duration::from_secs(5)).unwrap();
+    let mut seen = String::new();
+    let err = openai
+        .chat_stream("m", &question(), &options(), |p| seen.push_str(p))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, AdapterError::Garbage { .. }), "{err}");
+    assert_eq!(seen, "Par", "pieces before the garbage were delivered");
     let err = ollama
         .embed("m", &["a".into(), "b".into()])
         .await

@@ -2,4 +2,5 @@
 
 mod adapters;
 mod embeddings;
+mod llama_server;
 mod llm;
