@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use atmosphere_mesh::Status;
 use atmosphere_node::daemon::Ready;
+use atmosphere_proto::ModelKind;
 use clap::Args;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -35,11 +36,37 @@ pub struct DemoArgs {
     timeout: u64,
 }
 
-/// The spec's three machines and what each declares.
+/// The spec's three machines and what each runs. The chat models are real and advertise their
+/// real sizes: the Mac serves SmolLM2-135M, the server the larger Gemma 3 270M (the biggest
+/// whole model the package registries here carry); their `llm/<size>` capabilities come from the
+/// model files. Vision and Matter are declared until their subsystems land.
 const NODES: [(&str, &[&str]); 3] = [
-    ("Mac-Studio", &["llm/7B", "rag"]),
-    ("Dell-Server", &["llm/70B", "rag"]),
-    ("Garage-Pi", &["vision", "matter"]),
+    (
+        "Mac-Studio",
+        &[
+            "--llm",
+            "smollm2",
+            "--embeddings",
+            "auto",
+            "--capability",
+            "rag",
+        ],
+    ),
+    (
+        "Dell-Server",
+        &[
+            "--llm",
+            "gemma3",
+            "--embeddings",
+            "auto",
+            "--capability",
+            "rag",
+        ],
+    ),
+    (
+        "Garage-Pi",
+        &["--capability", "vision", "--capability", "matter"],
+    ),
 ];
 
 struct NodeProcess {
@@ -94,7 +121,7 @@ async fn spawn_node(
     exe: &Path,
     dir: &Path,
     name: &str,
-    capabilities: &[&str],
+    args: &[&str],
     quic_port: u16,
     api_port: u16,
 ) -> Result<NodeProcess> {
@@ -117,9 +144,7 @@ async fn spawn_node(
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log_file))
         .kill_on_drop(true);
-    for capability in capabilities {
-        command.args(["--capability", capability]);
-    }
+    command.args(args);
     let mut child = command
         .spawn()
         .with_context(|| format!("cannot start {}", exe.display()))?;
@@ -180,13 +205,13 @@ pub async fn run(args: DemoArgs, json: bool) -> Result<()> {
         );
     }
     let mut fleet = Fleet(Vec::new());
-    for (i, (name, capabilities)) in NODES.iter().enumerate() {
+    for (i, (name, node_args)) in NODES.iter().enumerate() {
         let offset = u16::try_from(i).unwrap_or(0);
         let node = spawn_node(
             &exe,
             &dir,
             name,
-            capabilities,
+            node_args,
             args.quic_port.saturating_add(offset),
             args.api_port.saturating_add(offset),
         )
@@ -312,9 +337,23 @@ async fn all_healthy(clients: &[Client]) -> bool {
             .iter()
             .filter(|n| n.status == Status::Alive && (n.is_self || n.hops.is_some()))
             .count();
-        if alive != NODES.len() {
+        // Every node that runs a chat model has told the mesh about it, speed measured.
+        let models_known = status
+            .nodes
+            .iter()
+            .filter(|n| n.models.iter().any(|m| m.kind == ModelKind::Chat))
+            .filter(|n| {
+                n.models
+                    .iter()
+                    .all(|m| m.kind != ModelKind::Chat || m.tokens_per_second.is_some())
+            })
+            .count();
+        if alive != NODES.len() || models_known != CHAT_NODES {
             return false;
         }
     }
     true
 }
+
+/// Nodes of the demo that serve a chat model.
+const CHAT_NODES: usize = 2;

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use atmosphere_backends::models::{MINILM_DIR, SMOLLM2_DIR, cache_dir};
+use atmosphere_backends::models::{MINILM_DIR, cache_dir};
 use atmosphere_backends::{ChatMessage, Embedder, GenerateOptions, GgufModel};
 use clap::Subcommand;
 
@@ -14,9 +14,9 @@ pub enum LlmCommand {
     /// Answer a prompt with the GGUF model, streaming tokens as they come.
     Chat {
         prompt: String,
-        /// GGUF file (default: SmolLM2-135M-Instruct from the model cache).
+        /// "smollm2" (default) or "gemma3" from the model cache, or a GGUF file.
         #[arg(long)]
-        model: Option<PathBuf>,
+        model: Option<String>,
         #[arg(long, default_value_t = 256)]
         max_tokens: usize,
         /// 0 = greedy (deterministic).
@@ -37,15 +37,19 @@ pub enum LlmCommand {
     },
     /// What a GGUF model file is (name, size, quantisation, context).
     Info {
+        /// "smollm2" (default) or "gemma3" from the model cache, or a GGUF file.
         #[arg(long)]
-        model: Option<PathBuf>,
+        model: Option<String>,
     },
 }
 
-fn default_gguf() -> PathBuf {
-    cache_dir()
-        .join(SMOLLM2_DIR)
-        .join("SmolLM2-135M-Instruct.Q4_1.gguf")
+/// A cached model by name, or a path.
+fn gguf(model: Option<String>) -> PathBuf {
+    match model.as_deref() {
+        None | Some("smollm2" | "auto") => atmosphere_backends::models::smollm2_path(),
+        Some("gemma3") => atmosphere_backends::models::gemma3_path(),
+        Some(path) => PathBuf::from(path),
+    }
 }
 
 pub fn run(command: LlmCommand, json: bool) -> Result<()> {
@@ -57,7 +61,7 @@ pub fn run(command: LlmCommand, json: bool) -> Result<()> {
             temperature,
             system,
         } => {
-            let path = model.unwrap_or_else(default_gguf);
+            let path = gguf(model);
             let mut model = GgufModel::load(&path)?;
             let mut messages = Vec::new();
             if let Some(system) = system {
@@ -130,7 +134,7 @@ pub fn run(command: LlmCommand, json: bool) -> Result<()> {
             Ok(())
         }
         LlmCommand::Info { model } => {
-            let path = model.unwrap_or_else(default_gguf);
+            let path = gguf(model);
             let model = GgufModel::load(&path)?;
             let info = model.info();
             if json {

@@ -48,7 +48,7 @@ enum Command {
     /// Run a node in the foreground until Ctrl-C or SIGTERM (announces its leave first).
     ///
     /// On start it prints one JSON line on stdout: {"event":"ready","id":..,"api":..,"quic":[..]}.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Look at the mesh.
     #[command(subcommand)]
     Mesh(MeshCommand),
@@ -101,12 +101,20 @@ struct ServeArgs {
     /// Capability to declare, NAME or NAME/DETAIL (repeatable).
     #[arg(long = "capability")]
     capabilities: Vec<String>,
-    /// Chat model this node serves: "auto" (SmolLM2-135M from the model cache) or a GGUF path.
+    /// Chat model this node serves: "auto"/"smollm2" (SmolLM2-135M from the model cache),
+    /// "gemma3" (Gemma 3 270M) or a GGUF path.
     #[arg(long)]
     llm: Option<String>,
     /// Embeddings this node serves: "auto" (MiniLM from the model cache) or a directory.
     #[arg(long)]
     embeddings: Option<String>,
+    /// Model server this node fronts, KIND=URL with KIND ollama, openai or llamafarm
+    /// (repeatable; LlamaFarm projects and runtimes are set in the config file).
+    #[arg(long = "model-server", value_name = "KIND=URL")]
+    model_servers: Vec<String>,
+    /// Skip the short generation that measures the chat model's speed at start.
+    #[arg(long)]
+    no_warmup: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -221,7 +229,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
     let client = Client::with_key(cli.api, cli.api_key.as_deref())?;
     let json = cli.json;
     match cli.command {
-        Command::Serve(args) => serve(args).await,
+        Command::Serve(args) => serve(*args).await,
         Command::Mesh(MeshCommand::Status) => {
             let status = client.status().await?;
             render::output(json, &status, render::status)
@@ -345,6 +353,34 @@ async fn serve(args: ServeArgs) -> Result<()> {
     }
     if let Some(embeddings) = args.embeddings {
         config.models.embeddings = embeddings;
+    }
+    if args.no_warmup {
+        config.models.warmup = false;
+    }
+    for server in args.model_servers {
+        let Some((kind, url)) = server.split_once('=') else {
+            anyhow::bail!(
+                "--model-server {server:?}: expected KIND=URL, e.g. ollama=http://127.0.0.1:11434"
+            );
+        };
+        let kind = match kind {
+            "ollama" => atmosphere_backends::adapters::Kind::Ollama,
+            "openai" => atmosphere_backends::adapters::Kind::OpenAi,
+            "llamafarm" => atmosphere_backends::adapters::Kind::LlamaFarm,
+            other => anyhow::bail!(
+                "--model-server: unknown kind {other:?}; use ollama, openai or llamafarm"
+            ),
+        };
+        config
+            .models
+            .servers
+            .push(atmosphere_node::config::ServerSection {
+                kind,
+                url: url.to_owned(),
+                project: None,
+                runtime: None,
+                timeout: std::time::Duration::from_secs(120),
+            });
     }
     atmosphere_node::run(config, shutdown_signal(), |ready| {
         let line = serde_json::json!({

@@ -81,6 +81,32 @@ pub fn status(status: &MeshStatus) -> String {
     } else {
         let _ = writeln!(out, "Status: Degraded ({})", unhealthy.join(", "));
     }
+    let serving: Vec<&&NodeInfo> = members.iter().filter(|n| !n.models.is_empty()).collect();
+    if !serving.is_empty() {
+        let _ = writeln!(out, "Models:");
+        for node in serving {
+            for model in &node.models {
+                let mut facts: Vec<String> = Vec::new();
+                facts.extend(model.size.clone());
+                facts.extend(model.quantization.clone());
+                facts.push(model.backend.clone());
+                if let Some(speed) = model.tokens_per_second {
+                    facts.push(format!("{speed:.0} tok/s"));
+                }
+                let health = match &model.degraded {
+                    Some(reason) => format!(" DEGRADED: {reason}"),
+                    None => String::new(),
+                };
+                let _ = writeln!(
+                    out,
+                    "  - {}: {} ({}){health}",
+                    node.name,
+                    model.name,
+                    facts.join(", ")
+                );
+            }
+        }
+    }
     let _ = writeln!(out);
     let _ = writeln!(
         out,

@@ -63,6 +63,28 @@ pub struct ChatOutput {
     pub stop_reason: StopReason,
 }
 
+/// A model a server offers, with what it reports about it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerModel {
+    pub name: String,
+    pub family: Option<String>,
+    pub parameters: Option<u64>,
+    pub quantization: Option<String>,
+}
+
+/// "7.6B" → 7_600_000_000, "135M" → 135_000_000.
+fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let (number, scale) = match text.chars().last()? {
+        'B' | 'b' => (&text[..text.len() - 1], 1e9),
+        'M' | 'm' => (&text[..text.len() - 1], 1e6),
+        'K' | 'k' => (&text[..text.len() - 1], 1e3),
+        _ => (text, 1.0),
+    };
+    let value: f64 = number.parse().ok()?;
+    (value.is_finite() && value > 0.0).then_some((value * scale) as u64)
+}
+
 /// A model server.
 #[derive(Debug, Clone)]
 pub struct Adapter {
@@ -196,6 +218,42 @@ impl Adapter {
                     .as_str()
                     .map(str::to_owned)
                     .ok_or_else(|| self.garbage(format!("a model without `{field}`")))
+            })
+            .collect()
+    }
+
+    /// Models with what the server says about them. Ollama's `/api/tags` gives
+    /// `details.family`, `details.parameter_size` ("7.6B") and `details.quantization_level`;
+    /// OpenAI-compatible servers give ids only.
+    pub async fn list_model_details(&self) -> Result<Vec<ServerModel>, AdapterError> {
+        if self.kind != Kind::Ollama {
+            return Ok(self
+                .list_models()
+                .await?
+                .into_iter()
+                .map(|name| ServerModel {
+                    name,
+                    ..ServerModel::default()
+                })
+                .collect());
+        }
+        let value = self.get(format!("{}/api/tags", self.base)).await?;
+        let models = value["models"]
+            .as_array()
+            .ok_or_else(|| self.garbage("no `models` array"))?;
+        models
+            .iter()
+            .map(|m| {
+                let name = m["name"]
+                    .as_str()
+                    .ok_or_else(|| self.garbage("a model without `name`"))?;
+                let details = &m["details"];
+                Ok(ServerModel {
+                    name: name.to_owned(),
+                    family: details["family"].as_str().map(str::to_owned),
+                    parameters: details["parameter_size"].as_str().and_then(parse_size),
+                    quantization: details["quantization_level"].as_str().map(str::to_owned),
+                })
             })
             .collect()
     }

@@ -494,7 +494,16 @@ fn open(path: &Path) -> Result<(std::fs::File, gguf_file::Content, ModelInfo), L
         })
         .unwrap_or_else(|| "unknown".into());
     let info = ModelInfo {
-        name: meta_str(&content, "general.name").unwrap_or_else(|| {
+        // "smollm2-135m", "gemma-3-270m": the family and size people use, when the file says;
+        // else its free-form `general.name`, else the file name.
+        name: match (
+            meta_str(&content, "general.basename"),
+            meta_str(&content, "general.size_label"),
+        ) {
+            (Some(base), Some(size)) => Some(format!("{base}-{size}").to_lowercase()),
+            _ => meta_str(&content, "general.name"),
+        }
+        .unwrap_or_else(|| {
             path.file_stem()
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_default()

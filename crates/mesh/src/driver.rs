@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use atmosphere_proto::gossip::GossipMsg;
-use atmosphere_proto::record::{AddrsKey, CapabilitiesKey, LinksKey, LoadKey, NameKey};
+use atmosphere_proto::record::{AddrsKey, CapabilitiesKey, LinksKey, LoadKey, ModelsKey, NameKey};
 use atmosphere_proto::{
     Capability, Control, ErrorCode, Load, NodeId, Request, Response, RoutedBody, RoutedReply,
 };
@@ -130,6 +130,9 @@ pub struct NodeInfo {
     pub next_hop: Option<NodeId>,
     /// Direct links it publishes.
     pub links: Vec<atmosphere_proto::Link>,
+    /// The models it serves, with their health.
+    #[serde(default)]
+    pub models: Vec<atmosphere_proto::ModelAdvert>,
 }
 
 /// The whole view, as `mesh status` shows it.
@@ -1023,6 +1026,7 @@ impl<T: Transport> Actor<T> {
                     hops: hop.map(|(_, hops)| hops),
                     next_hop: hop.map(|(next, _)| next),
                     links: n.get::<LinksKey>().unwrap_or_default(),
+                    models: n.get::<ModelsKey>().unwrap_or_default(),
                 }
             })
             .collect();

@@ -26,6 +26,8 @@ pub struct ApiState {
     pub api_key: Option<String>,
     /// The models this node runs itself (OpenAI-compatible endpoints).
     pub models: std::sync::Arc<crate::models::LocalModels>,
+    /// Model servers this node fronts.
+    pub servers: std::sync::Arc<crate::servers::ModelServers>,
 }
 
 /// An API error: a status code and a JSON body `{ "error": kind, "message": text }`.
@@ -414,6 +416,7 @@ mod tests {
             node_name: "solo".into(),
             api_key,
             models: Default::default(),
+            servers: Default::default(),
         })
     }
 

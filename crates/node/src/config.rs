@@ -58,16 +58,58 @@ pub struct NodeConfig {
     pub models: ModelsSection,
 }
 
-/// The models the node runs itself.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+/// The models the node runs itself, and the model servers it fronts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ModelsSection {
-    /// GGUF chat model: "" (none, the default), "auto" (SmolLM2-135M from the model cache that
-    /// `scripts/fetch-models` fills) or a path.
+    /// GGUF chat model: "" (none, the default), "auto" or "smollm2" (SmolLM2-135M from the model
+    /// cache that `scripts/fetch-models` fills), "gemma3" (Gemma 3 270M, same cache) or a path.
     pub llm: String,
     /// MiniLM embeddings: "", "auto" or a directory with model.safetensors, tokenizer.json,
     /// config.json.
     pub embeddings: String,
+    /// Measure the chat model's speed with a short generation at start, so the mesh learns it
+    /// before the first request.
+    pub warmup: bool,
+    /// Model servers this node fronts; their models are advertised as this node's.
+    pub servers: Vec<ServerSection>,
+    /// Time between health checks of the servers.
+    #[serde(with = "humantime_serde")]
+    pub health_interval: Duration,
+}
+
+impl Default for ModelsSection {
+    fn default() -> Self {
+        Self {
+            llm: String::new(),
+            embeddings: String::new(),
+            warmup: true,
+            servers: Vec::new(),
+            health_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A model server: Ollama, LlamaFarm or any OpenAI-compatible server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    pub kind: atmosphere_backends::adapters::Kind,
+    /// Base URL, e.g. `http://127.0.0.1:11434`.
+    pub url: String,
+    /// LlamaFarm: the project as `namespace/name`.
+    #[serde(default)]
+    pub project: Option<String>,
+    /// LlamaFarm: its Universal Runtime (embeddings), default `http://127.0.0.1:11540`.
+    #[serde(default)]
+    pub runtime: Option<String>,
+    /// Time allowed for one request.
+    #[serde(default = "default_server_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+fn default_server_timeout() -> Duration {
+    Duration::from_secs(120)
 }
 
 /// Timing of gossip and failure detection.
@@ -265,8 +307,20 @@ capabilities = ["llm/7B", "rag"]
 token_ttl = "24h"
 
 [models]
-llm = ""          # "auto": SmolLM2-135M from the model cache (scripts/fetch-models); or a GGUF path
+llm = ""          # "auto"/"smollm2": SmolLM2-135M, "gemma3": Gemma 3 270M (both from the model
+                  # cache that scripts/fetch-models fills); or a GGUF path
 embeddings = ""   # "auto": all-MiniLM-L6-v2 from the model cache; or a directory
+warmup = true     # measure tokens/s at start so the mesh knows it before the first request
+health_interval = "5s"  # how often model servers are checked; a failing one is marked degraded
+
+# Model servers this node fronts (repeat the table for several):
+# [[models.servers]]
+# kind = "ollama"                    # "ollama", "llamafarm" or "openai"
+# url = "http://127.0.0.1:11434"
+# timeout = "2m"
+# # LlamaFarm only:
+# # project = "default/home"
+# # runtime = "http://127.0.0.1:11540"
 
 [gossip]
 interval = "500ms"          # time between rounds

@@ -17,6 +17,7 @@ use tracing::{info, warn};
 use crate::api::{ApiState, router};
 use crate::config::{ConfigError, NodeConfig};
 use crate::identity::{self, IdentityError};
+use crate::servers::ModelServers;
 use crate::store::{Store, StoreError};
 use crate::trust::{self, TrustError, TrustService};
 
@@ -38,6 +39,8 @@ pub enum NodeError {
     Trust(#[from] TrustError),
     #[error(transparent)]
     Models(#[from] crate::models::ModelError),
+    #[error("model server: {0}")]
+    Server(#[from] atmosphere_backends::adapters::AdapterError),
     #[error(
         "cannot serve the API on {addr}: {source} (is another node using the port? set `api` or --api)"
     )]
@@ -81,6 +84,8 @@ pub async fn run(
         &config.models.llm,
         &config.models.embeddings,
     )?);
+    let servers = Arc::new(ModelServers::from_config(&config.models.servers)?);
+    let declared = mesh_config.capabilities.clone();
     for capability in models.capabilities() {
         if !mesh_config.capabilities.contains(&capability) {
             mesh_config.capabilities.push(capability);
@@ -149,6 +154,15 @@ pub async fn run(
         readmitted_rx,
         trust_cancel.clone(),
     ));
+    let models_task = tokio::spawn(crate::servers::run(
+        mesh.clone(),
+        models.clone(),
+        servers.clone(),
+        declared,
+        config.models.warmup,
+        config.models.health_interval,
+        trust_cancel.clone(),
+    ));
 
     let listener = TcpListener::bind(config.api)
         .await
@@ -194,6 +208,7 @@ pub async fn run(
         node_name: mesh_config.name.clone(),
         api_key,
         models,
+        servers,
     });
 
     let saver = tokio::spawn(save_peers_periodically(mesh.clone(), store.clone()));
@@ -229,6 +244,7 @@ pub async fn run(
     saver.abort();
     trust_cancel.cancel();
     let _ = trust_task.await;
+    let _ = models_task.await;
     let _ = stop_tx.send(());
     let _ = server.await;
     mesh.shutdown();

@@ -8,6 +8,7 @@ pub mod daemon;
 pub mod identity;
 pub mod models;
 pub mod openai;
+pub mod servers;
 pub mod store;
 pub mod trust;
 

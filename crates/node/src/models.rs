@@ -5,11 +5,12 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use atmosphere_backends::models::{MINILM_DIR, SMOLLM2_DIR, cache_dir};
+use atmosphere_backends::models::{MINILM_DIR, cache_dir, gemma3_path, smollm2_path};
 use atmosphere_backends::{
     ChatMessage, EmbedError, Embedder, GenerateOptions, Generation, GgufModel, LlmError, ModelInfo,
 };
-use atmosphere_proto::Capability;
+use atmosphere_proto::record::size_tier;
+use atmosphere_proto::{Capability, ModelAdvert, ModelKind};
 
 /// Why a model request failed.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +41,18 @@ fn resolve(value: &str, default: impl FnOnce() -> PathBuf) -> Option<PathBuf> {
     }
 }
 
+/// The chat model a config value names: "smollm2" and "gemma3" are the cached models.
+fn resolve_llm(value: &str) -> Option<PathBuf> {
+    match value.trim() {
+        "smollm2" => Some(smollm2_path()),
+        "gemma3" => Some(gemma3_path()),
+        other => resolve(other, smollm2_path),
+    }
+}
+
+/// The name the in-process MiniLM is served under.
+pub const MINILM_NAME: &str = "all-minilm-l6-v2";
+
 /// The node's own models.
 #[derive(Debug, Default)]
 pub struct LocalModels {
@@ -48,16 +61,14 @@ pub struct LocalModels {
     llm: Mutex<Option<GgufModel>>,
     embed_dir: Option<PathBuf>,
     embedder: OnceLock<Embedder>,
+    /// Decode speed measured on this node (moving average over generations).
+    tokens_per_second: Mutex<Option<f32>>,
 }
 
 impl LocalModels {
     /// Checks the configured files (headers only) so the node can advertise what it serves.
     pub fn configure(llm: &str, embeddings: &str) -> Result<Self, ModelError> {
-        let llm_path = resolve(llm, || {
-            cache_dir()
-                .join(SMOLLM2_DIR)
-                .join("SmolLM2-135M-Instruct.Q4_1.gguf")
-        });
+        let llm_path = resolve_llm(llm);
         let llm_info = match &llm_path {
             Some(path) => Some(GgufModel::inspect(path)?),
             None => None,
@@ -88,12 +99,71 @@ impl LocalModels {
     pub fn capabilities(&self) -> Vec<Capability> {
         let mut capabilities = Vec::new();
         if let Some(info) = &self.llm_info {
-            capabilities.push(Capability::new("llm", info.size_label.clone()));
+            let size = info
+                .size_label
+                .clone()
+                .or_else(|| size_tier(info.parameters));
+            capabilities.push(Capability::new("llm", size));
         }
         if self.embed_dir.is_some() {
             capabilities.push(Capability::new("embeddings", Some("minilm".into())));
         }
         capabilities
+    }
+
+    /// What this node serves in process, as the mesh sees it.
+    pub fn adverts(&self) -> Vec<ModelAdvert> {
+        let mut adverts = Vec::new();
+        if let Some(info) = &self.llm_info {
+            adverts.push(ModelAdvert {
+                name: info.name.clone(),
+                family: info.architecture.clone(),
+                parameters: info.parameters,
+                size: info
+                    .size_label
+                    .clone()
+                    .or_else(|| size_tier(info.parameters)),
+                quantization: Some(info.quantization.clone()),
+                context_length: u32::try_from(info.context_length).unwrap_or(u32::MAX),
+                backend: "candle".into(),
+                tokens_per_second: *self
+                    .tokens_per_second
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()),
+                degraded: None,
+                kind: ModelKind::Chat,
+            });
+        }
+        if self.embed_dir.is_some() {
+            adverts.push(ModelAdvert {
+                name: MINILM_NAME.into(),
+                family: "bert".into(),
+                parameters: 22_713_216,
+                size: Some("22M".into()),
+                quantization: Some("F32".into()),
+                context_length: 512,
+                backend: "candle".into(),
+                tokens_per_second: None,
+                degraded: None,
+                kind: ModelKind::Embeddings,
+            });
+        }
+        adverts
+    }
+
+    fn record_speed(&self, generation: &Generation) {
+        let measured = generation.tokens_per_second() as f32;
+        if generation.completion_tokens < 4 || measured <= 0.0 {
+            return;
+        }
+        let mut speed = self
+            .tokens_per_second
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        *speed = Some(match *speed {
+            Some(previous) => 0.7 * previous + 0.3 * measured,
+            None => measured,
+        });
     }
 
     pub fn llm_info(&self) -> Option<&ModelInfo> {
@@ -108,6 +178,7 @@ impl LocalModels {
         &self,
         messages: &[ChatMessage],
         options: &GenerateOptions,
+        on_token: impl FnMut(&str),
     ) -> Result<Generation, ModelError> {
         let path = self.llm_path.as_deref().ok_or(ModelError::NoLlm)?;
         let mut slot = self.llm.lock().unwrap_or_else(|e| e.into_inner());
@@ -115,7 +186,9 @@ impl LocalModels {
             *slot = Some(GgufModel::load(path)?);
         }
         let model = slot.as_mut().ok_or(ModelError::NoLlm)?;
-        Ok(model.chat(messages, options, |_| {})?)
+        let generation = model.chat(messages, options, on_token)?;
+        self.record_speed(&generation);
+        Ok(generation)
     }
 
     fn embed_blocking(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, ModelError> {
@@ -138,9 +211,43 @@ impl LocalModels {
         options: GenerateOptions,
     ) -> Result<Generation, ModelError> {
         let this = self.clone();
-        tokio::task::spawn_blocking(move || this.chat_blocking(&messages, &options))
+        tokio::task::spawn_blocking(move || this.chat_blocking(&messages, &options, |_| {}))
             .await
             .map_err(|e| ModelError::Task(e.to_string()))?
+    }
+
+    /// Chat with each new piece of text sent to `pieces` as it is generated.
+    pub async fn chat_stream(
+        self: &Arc<Self>,
+        messages: Vec<ChatMessage>,
+        options: GenerateOptions,
+        pieces: tokio::sync::mpsc::UnboundedSender<String>,
+    ) -> Result<Generation, ModelError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            this.chat_blocking(&messages, &options, |piece| {
+                let _ = pieces.send(piece.to_owned());
+            })
+        })
+        .await
+        .map_err(|e| ModelError::Task(e.to_string()))?
+    }
+
+    /// A short greedy generation that loads the model and measures its speed.
+    pub async fn warm_up(self: &Arc<Self>) -> Result<(), ModelError> {
+        if self.llm_path.is_none() {
+            return Ok(());
+        }
+        let options = GenerateOptions {
+            max_tokens: 24,
+            ..GenerateOptions::default()
+        };
+        self.chat(
+            vec![ChatMessage::user("Name three colours of the rainbow.")],
+            options,
+        )
+        .await
+        .map(|_| ())
     }
 
     pub async fn embed(self: &Arc<Self>, texts: Vec<String>) -> Result<Vec<Vec<f32>>, ModelError> {

@@ -1,10 +1,12 @@
 //! OpenAI-compatible endpoints over the node's own models: `/v1/models`, `/v1/chat/completions`,
-//! `/v1/embeddings` (non-streaming for now), so any OpenAI client can use a node.
+//! `/v1/embeddings` (chat streams as server-sent events on request), so any OpenAI client can use
+//! a node; requests naming a model of a server the node fronts go to that server.
 
 use atmosphere_backends::{ChatMessage, GenerateOptions, StopReason};
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::response::sse::{Event, Sse};
 use serde::{Deserialize, Serialize};
 
 use crate::api::{ApiError, ApiState};
@@ -87,19 +89,113 @@ fn bad_request(message: impl Into<String>) -> ApiError {
     }
 }
 
+/// Where a chat request runs: the node's own model or a model server it fronts.
+enum Runner {
+    Local(std::sync::Arc<crate::models::LocalModels>),
+    Server(atmosphere_backends::adapters::Adapter, String),
+}
+
+/// A finished chat, whichever backend ran it.
+struct Finished {
+    text: String,
+    prompt_tokens: usize,
+    completion_tokens: usize,
+    stop_reason: StopReason,
+}
+
+impl From<atmosphere_backends::adapters::AdapterError> for ApiError {
+    fn from(error: atmosphere_backends::adapters::AdapterError) -> Self {
+        Self {
+            status: StatusCode::BAD_GATEWAY,
+            kind: "model_server_failed",
+            message: error.to_string(),
+        }
+    }
+}
+
+impl Runner {
+    /// The backend for `model`: the local model when it is named (or none is), else the healthy
+    /// server offering it.
+    fn choose(state: &ApiState, model: Option<&str>) -> Result<(Self, String), ApiError> {
+        let local = state.models.llm_info().map(|info| info.name.clone());
+        match (model, local) {
+            (None, Some(name)) => Ok((Self::Local(state.models.clone()), name)),
+            (Some(wanted), Some(name)) if wanted == name => {
+                Ok((Self::Local(state.models.clone()), name))
+            }
+            (Some(wanted), local) => match state.servers.find(wanted) {
+                Some(adapter) => Ok((Self::Server(adapter.clone(), wanted.into()), wanted.into())),
+                // An unknown name falls back to the local model, as OpenAI clients often send
+                // their own default model name.
+                None => match local {
+                    Some(name) => Ok((Self::Local(state.models.clone()), name)),
+                    None => Err(ApiError {
+                        status: StatusCode::NOT_FOUND,
+                        kind: "model_not_found",
+                        message: format!(
+                            "no healthy backend on this node serves {wanted:?}; see GET /v1/models"
+                        ),
+                    }),
+                },
+            },
+            (None, None) => match state.servers.default_chat() {
+                Some((adapter, name)) => Ok((Self::Server(adapter.clone(), name.clone()), name)),
+                None => Err(ModelError::NoLlm.into()),
+            },
+        }
+    }
+
+    async fn run(
+        self,
+        messages: Vec<ChatMessage>,
+        options: GenerateOptions,
+        pieces: tokio::sync::mpsc::UnboundedSender<String>,
+    ) -> Result<Finished, ApiError> {
+        match self {
+            Self::Local(models) => {
+                let g = models.chat_stream(messages, options, pieces).await?;
+                Ok(Finished {
+                    text: g.text,
+                    prompt_tokens: g.prompt_tokens,
+                    completion_tokens: g.completion_tokens,
+                    stop_reason: g.stop_reason,
+                })
+            }
+            Self::Server(adapter, model) => {
+                let out = adapter
+                    .chat_stream(&model, &messages, &options, |piece| {
+                        let _ = pieces.send(piece.to_owned());
+                    })
+                    .await?;
+                Ok(Finished {
+                    prompt_tokens: out.prompt_tokens.unwrap_or(0) as usize,
+                    completion_tokens: out.completion_tokens.unwrap_or(0) as usize,
+                    text: out.text,
+                    stop_reason: out.stop_reason,
+                })
+            }
+        }
+    }
+}
+
+fn finish_reason(reason: StopReason) -> &'static str {
+    match reason {
+        StopReason::MaxTokens => "length",
+        _ => "stop",
+    }
+}
+
+/// `POST /v1/chat/completions`: one JSON answer, or with `"stream": true` server-sent events
+/// (`chat.completion.chunk` deltas, a usage chunk, `data: [DONE]`) as OpenAI sends them.
 pub async fn chat_completions(
     State(state): State<ApiState>,
     Json(request): Json<ChatRequest>,
-) -> Result<Json<ChatResponse>, ApiError> {
-    if request.stream {
-        return Err(bad_request(
-            "streaming is not served yet; send \"stream\": false",
-        ));
-    }
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
     if request.messages.is_empty() {
         return Err(bad_request("messages is empty"));
     }
-    let info = state.models.llm_info().cloned().ok_or(ModelError::NoLlm)?;
+    let (runner, model) = Runner::choose(&state, request.model.as_deref())?;
     let options = GenerateOptions {
         max_tokens: request.max_tokens.unwrap_or(256).clamp(1, 4096),
         temperature: request.temperature.unwrap_or(0.0).clamp(0.0, 2.0),
@@ -111,33 +207,90 @@ pub async fn chat_completions(
             None => Vec::new(),
         },
     };
-    let generation = state.models.chat(request.messages, options).await?;
     let created = atmosphere_auth::unix_now();
-    Ok(Json(ChatResponse {
-        id: format!(
-            "chatcmpl-{created:x}{:x}",
-            generation.total.as_nanos() & 0xffff
-        ),
-        object: "chat.completion".into(),
-        created,
-        model: request.model.unwrap_or(info.name),
-        choices: vec![Choice {
-            index: 0,
-            message: ChatMessage {
-                role: "assistant".into(),
-                content: generation.text,
+    let id = format!("chatcmpl-{created:x}{:04x}", rand::random::<u16>());
+    let (piece_tx, mut piece_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    if !request.stream {
+        let done = runner.run(request.messages, options, piece_tx).await?;
+        return Ok(Json(ChatResponse {
+            id,
+            object: "chat.completion".into(),
+            created,
+            model,
+            choices: vec![Choice {
+                index: 0,
+                message: ChatMessage {
+                    role: "assistant".into(),
+                    content: done.text,
+                },
+                finish_reason: finish_reason(done.stop_reason).into(),
+            }],
+            usage: Usage {
+                prompt_tokens: done.prompt_tokens,
+                completion_tokens: done.completion_tokens,
+                total_tokens: done.prompt_tokens + done.completion_tokens,
             },
-            finish_reason: match generation.stop_reason {
-                StopReason::MaxTokens => "length".into(),
-                _ => "stop".into(),
-            },
-        }],
-        usage: Usage {
-            prompt_tokens: generation.prompt_tokens,
-            completion_tokens: generation.completion_tokens,
-            total_tokens: generation.prompt_tokens + generation.completion_tokens,
-        },
-    }))
+        })
+        .into_response());
+    }
+    let (event_tx, event_rx) =
+        tokio::sync::mpsc::unbounded_channel::<Result<Event, std::convert::Infallible>>();
+    let chunk = move |delta: serde_json::Value, finish: Option<&str>| {
+        Event::default().data(
+            serde_json::json!({
+                "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            })
+            .to_string(),
+        )
+    };
+    tokio::spawn(async move {
+        let send = |event: Event| event_tx.send(Ok(event)).is_ok();
+        send(chunk(serde_json::json!({"role": "assistant"}), None));
+        let generation = runner.run(request.messages, options, piece_tx);
+        tokio::pin!(generation);
+        let result = loop {
+            tokio::select! {
+                biased;
+                Some(piece) = piece_rx.recv() => {
+                    send(chunk(serde_json::json!({"content": piece}), None));
+                }
+                result = &mut generation => break result,
+            }
+        };
+        while let Ok(piece) = piece_rx.try_recv() {
+            send(chunk(serde_json::json!({"content": piece}), None));
+        }
+        match result {
+            Ok(done) => {
+                send(chunk(
+                    serde_json::json!({}),
+                    Some(finish_reason(done.stop_reason)),
+                ));
+                send(Event::default().data(
+                    serde_json::json!({"object": "chat.completion.chunk", "choices": [], "usage": {
+                        "prompt_tokens": done.prompt_tokens,
+                        "completion_tokens": done.completion_tokens,
+                        "total_tokens": done.prompt_tokens + done.completion_tokens,
+                    }})
+                    .to_string(),
+                ));
+            }
+            Err(error) => {
+                send(Event::default().data(
+                    serde_json::json!({"error": {"type": error.kind, "message": error.message}})
+                        .to_string(),
+                ));
+            }
+        }
+        send(Event::default().data("[DONE]"));
+    });
+    Ok(
+        Sse::new(tokio_stream::wrappers::UnboundedReceiverStream::new(
+            event_rx,
+        ))
+        .into_response(),
+    )
 }
 
 /// `POST /v1/embeddings` body.
@@ -182,16 +335,18 @@ pub async fn embeddings(
 }
 
 pub async fn models(State(state): State<ApiState>) -> Json<serde_json::Value> {
-    let mut data = Vec::new();
-    if let Some(info) = state.models.llm_info() {
-        data.push(serde_json::json!({
-            "id": info.name, "object": "model", "owned_by": "atmosphere",
-            "parameters": info.parameters, "quantization": info.quantization,
-            "context_length": info.context_length,
-        }));
-    }
-    if state.models.serves_embeddings() {
-        data.push(serde_json::json!({"id": "all-minilm-l6-v2", "object": "model", "owned_by": "atmosphere"}));
-    }
+    let mut adverts = state.models.adverts();
+    adverts.extend(state.servers.adverts());
+    let data: Vec<serde_json::Value> = adverts
+        .into_iter()
+        .map(|m| {
+            serde_json::json!({
+                "id": m.name, "object": "model", "owned_by": m.backend,
+                "kind": m.kind, "family": m.family, "parameters": m.parameters, "size": m.size,
+                "quantization": m.quantization, "context_length": m.context_length,
+                "tokens_per_second": m.tokens_per_second, "degraded": m.degraded,
+            })
+        })
+        .collect();
     Json(serde_json::json!({"object": "list", "data": data}))
 }

@@ -14,5 +14,5 @@ pub mod rpc;
 pub use frame::{FrameError, MAX_FRAME_BYTES, PROTOCOL_VERSION};
 pub use gossip::{Delta, Digest, DigestEntry, GossipMsg, NodeDelta, VersionedValue};
 pub use id::{NodeId, ParseNodeIdError};
-pub use record::{Capability, Link, Load, RecordKey};
+pub use record::{Capability, Link, Load, ModelAdvert, ModelKind, RecordKey};
 pub use rpc::{Control, ErrorCode, Request, Response, RoutedBody, RoutedReply};

@@ -92,6 +92,64 @@ impl RecordKey for LeftKey {
     type Value = bool;
 }
 
+/// The models the node serves (its own and those of model servers it fronts), with health.
+#[derive(Debug)]
+pub struct ModelsKey;
+impl RecordKey for ModelsKey {
+    const KEY: &'static str = "models";
+    type Value = Vec<ModelAdvert>;
+}
+
+/// A model as the mesh sees it: enough to choose between a 70B and a 7B node, and to stop sending
+/// work to a backend that is failing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelAdvert {
+    pub name: String,
+    /// Architecture family from the model file ("llama", "gemma3") or the server's report.
+    pub family: String,
+    /// Parameter count; 0 when the backend does not say.
+    pub parameters: u64,
+    /// Size tier: "135M", "7B", … (from the file, else from `parameters`).
+    pub size: Option<String>,
+    pub quantization: Option<String>,
+    pub context_length: u32,
+    /// What runs it: "candle" (in process), "ollama", "llamafarm", "openai".
+    pub backend: String,
+    /// Measured decode speed on this node, once it has generated.
+    pub tokens_per_second: Option<f32>,
+    /// Why the backend is degraded; `None` when healthy.
+    pub degraded: Option<String>,
+    /// What it does: "chat" or "embeddings".
+    pub kind: ModelKind,
+}
+
+/// What a model is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelKind {
+    Chat,
+    Embeddings,
+}
+
+/// "7B", "270M", "1.5B" from a parameter count: the tier people name models by.
+pub fn size_tier(parameters: u64) -> Option<String> {
+    let p = parameters as f64;
+    if parameters == 0 {
+        None
+    } else if p >= 1e9 {
+        let b = p / 1e9;
+        Some(if b >= 10.0 {
+            format!("{}B", b.floor())
+        } else if (b - b.round()).abs() < 0.3 {
+            format!("{}B", b.round())
+        } else {
+            format!("{b:.1}B")
+        })
+    } else {
+        Some(format!("{}M", (p / 1e6).round()))
+    }
+}
+
 /// One thing a node can do: `name` is the routing class ("llm", "vision", "matter", "rag"),
 /// `detail` a short qualifier shown to people ("7B", "garage_cam").
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -182,5 +240,21 @@ mod tests {
         assert_eq!(cap, Capability::new("llm", Some("70B".into())));
         assert_eq!(cap.to_string(), "llm/70B");
         assert_eq!("vision".parse::<Capability>().unwrap().detail, None);
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::size_tier;
+
+    #[test]
+    fn size_tiers_read_like_model_names() {
+        assert_eq!(size_tier(0), None);
+        assert_eq!(size_tier(134_515_008).as_deref(), Some("135M"));
+        assert_eq!(size_tier(268_098_176).as_deref(), Some("268M"));
+        assert_eq!(size_tier(7_241_732_096).as_deref(), Some("7B"));
+        assert_eq!(size_tier(6_980_000_000).as_deref(), Some("7B"));
+        assert_eq!(size_tier(1_543_714_304).as_deref(), Some("1.5B"));
+        assert_eq!(size_tier(70_553_706_496).as_deref(), Some("70B"));
     }
 }

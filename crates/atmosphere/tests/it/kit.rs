@@ -170,7 +170,7 @@ pub fn loopback_args(
 pub fn http() -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(60))
         .build()
         .unwrap()
 }
@@ -289,6 +289,7 @@ pub async fn seeded_mesh(dir: &Path, mesh: &str, names: &[&str]) -> Vec<Proc> {
 /// A lone node (its own mesh name, no discovery) serving the cached SmolLM2 and MiniLM.
 pub async fn start_with_models(name: &str, data_dir: &Path) -> Proc {
     let mut args = loopback_args(&unique_mesh(name), "off", &[], &[]);
-    args.extend(["--llm", "auto", "--embeddings", "auto"].map(String::from));
+    // No warm-up: tests run many nodes on 2 cores; speed is measured from their real requests.
+    args.extend(["--llm", "auto", "--embeddings", "auto", "--no-warmup"].map(String::from));
     start(name, data_dir, &args).await
 }

@@ -131,6 +131,63 @@ async fn a_node_serves_its_real_models_over_the_openai_api_and_advertises_them()
     let content = answer["choices"][0]["message"]["content"].as_str().unwrap();
     assert!(content.contains("Paris"), "{answer}");
     assert!(answer["usage"]["completion_tokens"].as_u64().unwrap() <= 16);
+
+    // The same request streamed: server-sent events whose deltas add up to the same answer.
+    let sse = http
+        .post(format!("http://{api}/v1/chat/completions"))
+        .json(&serde_json::json!({
+            "messages": [{"role": "user", "content": "What is the capital of France? Answer in one word."}],
+            "max_tokens": 16, "stream": true
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        sse.headers()["content-type"].to_str().unwrap(),
+        "text/event-stream"
+    );
+    let body = sse.text().await.unwrap();
+    let events: Vec<&str> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .collect();
+    assert_eq!(events.last(), Some(&"[DONE]"), "{body}");
+    let chunks: Vec<serde_json::Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    let streamed: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(streamed, content);
+    assert!(chunks.len() > 4, "{body}");
+    assert_eq!(
+        chunks.last().unwrap()["usage"]["completion_tokens"],
+        answer["usage"]["completion_tokens"]
+    );
+
+    // The mesh learns the models with their measured speed (the warm-up generation).
+    eventually(
+        Duration::from_secs(30),
+        "models gossiped with speed",
+        || async {
+            let view = status(&api).await?;
+            let models = &view.nodes[0].models;
+            let chat = models
+                .iter()
+                .find(|m| m.kind == atmosphere_proto::ModelKind::Chat)?;
+            (models.len() == 2
+                && chat.family == "llama"
+                && chat.size.as_deref() == Some("135M")
+                && chat.quantization.as_deref() == Some("Q4_1")
+                && chat.context_length == 8192
+                && chat.backend == "candle"
+                && chat.tokens_per_second.is_some_and(|t| t > 1.0))
+            .then_some(())
+        },
+    )
+    .await;
     let embedded: serde_json::Value = http
         .post(format!("http://{api}/v1/embeddings"))
         .json(&serde_json::json!({"input": ["turn on the lights", "hello"]}))
@@ -178,4 +235,91 @@ async fn the_openai_adapter_talks_to_a_real_server_process() {
         .await
         .unwrap();
     assert_eq!(vectors.len(), 2);
+}
+
+/// A node fronting a model server (here another node's OpenAI-compatible API, a real process with
+/// real models) advertises that server's models, routes requests naming them there, and marks
+/// them degraded, dropping the capability, when the server goes away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fronted_model_server_is_advertised_used_and_marked_degraded_when_it_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = start_with_models("model-server", &dir.path().join("server")).await;
+    let url = format!("http://{}", server.api());
+    let mut args = loopback_args(&unique_mesh("front"), "off", &[], &[]);
+    args.extend([
+        "--model-server".to_owned(),
+        format!("openai={url}"),
+        "--capability".to_owned(),
+        "rag".to_owned(),
+    ]);
+    let front = start("front", &dir.path().join("front"), &args).await;
+    let api = front.api();
+    let model = eventually(
+        Duration::from_secs(20),
+        "server models advertised",
+        || async {
+            let view = status(&api).await?;
+            let node = &view.nodes[0];
+            let caps: Vec<String> = node.capabilities.iter().map(ToString::to_string).collect();
+            let chat = node
+                .models
+                .iter()
+                .find(|m| m.kind == atmosphere_proto::ModelKind::Chat && m.degraded.is_none())?;
+            (chat.backend == "openai"
+                && caps.contains(&"llm".to_owned())
+                && caps.contains(&"rag".to_owned())
+                && caps.contains(&"embeddings/minilm".to_owned()))
+            .then(|| chat.name.clone())
+        },
+    )
+    .await;
+    let http = http();
+    let answer: serde_json::Value = http
+        .post(format!("http://{api}/v1/chat/completions"))
+        .json(&serde_json::json!({
+            "model": model,
+            "messages": [{"role": "user", "content": "What is the capital of France? Answer in one word."}],
+            "max_tokens": 16
+        }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let content = answer["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(content.contains("Paris"), "{answer}");
+
+    // The server dies: degraded within a health interval, its capabilities withdrawn, and a
+    // request for its model is a clear error.
+    server.kill().await;
+    eventually(
+        Duration::from_secs(20),
+        "server marked degraded",
+        || async {
+            let view = status(&api).await?;
+            let node = &view.nodes[0];
+            let caps: Vec<String> = node.capabilities.iter().map(ToString::to_string).collect();
+            (node.models.iter().all(|m| m.degraded.is_some()) && caps == ["rag"]).then_some(())
+        },
+    )
+    .await;
+    let response = http
+        .post(format!("http://{api}/v1/chat/completions"))
+        .json(&serde_json::json!({
+            "model": model,
+            "messages": [{"role": "user", "content": "hi"}],
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("no healthy backend"),
+        "{body}"
+    );
 }
