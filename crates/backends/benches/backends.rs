@@ -122,7 +122,9 @@ fn llama_cpp_row(messages: &[ChatMessage]) {
         .unwrap_or_else(|| cache_dir().parent().map(Into::into).unwrap_or_default());
     let python = cache.join("llama-server/bin/python");
     if !python.is_file() {
-        println!("| llama.cpp server | not installed: run scripts/fetch-llama-server | | | | | | |");
+        println!(
+            "| llama.cpp server | not installed: run scripts/fetch-llama-server | | | | | | |"
+        );
         return;
     }
     let port = std::net::TcpListener::bind("127.0.0.1:0")
