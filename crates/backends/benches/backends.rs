@@ -172,15 +172,18 @@ fn llama_cpp_row(messages: &[ChatMessage]) {
             let sent = Instant::now();
             let mut first = None;
             let mut last = sent;
+            let mut pieces = 0u64;
             let out = adapter
                 .chat_stream("smollm2", messages, &options, |_| {
                     first.get_or_insert_with(|| sent.elapsed());
                     last = Instant::now();
+                    pieces += 1;
                 })
                 .await
                 .expect("chat");
             let first = first.unwrap_or_default();
-            let tokens = out.completion_tokens.unwrap_or(0);
+            // llama-cpp-python sends no usage in streams; it sends one chunk per token.
+            let tokens = out.completion_tokens.unwrap_or(pieces);
             let decode = last.duration_since(sent).saturating_sub(first).as_secs_f64();
             let speed = if tokens > 1 && decode > 0.0 {
                 (tokens - 1) as f64 / decode
