@@ -8,7 +8,12 @@ use atmosphere_backends::{ChatMessage, Embedder, GenerateOptions, GgufModel};
 
 /// Resident memory of this process, from /proc (Linux).
 fn rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
+    rss_mib_of("self")
+}
+
+/// Resident memory of process `pid` ("self" for this one), from /proc (Linux).
+fn rss_mib_of(pid: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
@@ -154,15 +159,7 @@ fn llama_cpp_row(messages: &[ChatMessage]) {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let load = started.elapsed();
-        let rss = std::fs::read_to_string(format!("/proc/{}/status", child.id()))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("VmRSS:"))
-                    .and_then(|l| l.split_whitespace().nth(1))
-                    .and_then(|kb| kb.parse::<f64>().ok())
-            })
-            .map_or(0.0, |kb| kb / 1024.0);
+        let rss = rss_mib_of(&child.id().to_string());
         let options = GenerateOptions {
             max_tokens: MAX_TOKENS,
             ..GenerateOptions::default()

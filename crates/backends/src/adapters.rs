@@ -269,20 +269,10 @@ impl Adapter {
         messages: &[ChatMessage],
         options: &GenerateOptions,
     ) -> Result<ChatOutput, AdapterError> {
+        let (url, request) = self.chat_request(model, messages, options, false);
+        let value = self.send(request, &url).await?;
         match self.kind {
             Kind::Ollama => {
-                let body = json!({
-                    "model": model,
-                    "messages": messages,
-                    "stream": false,
-                    "options": {
-                        "temperature": options.temperature,
-                        "num_predict": options.max_tokens,
-                        "stop": options.stop,
-                        "seed": options.seed,
-                    },
-                });
-                let value = self.post(format!("{}/api/chat", self.base), &body).await?;
                 let text = value["message"]["content"]
                     .as_str()
                     .ok_or_else(|| self.garbage("no message.content"))?;
@@ -297,28 +287,6 @@ impl Adapter {
                 })
             }
             Kind::OpenAi | Kind::LlamaFarm => {
-                let url = match (&self.kind, &self.project) {
-                    (Kind::LlamaFarm, Some(project)) => {
-                        format!("{}/v1/projects/{project}/chat/completions", self.base)
-                    }
-                    _ => format!("{}/v1/chat/completions", self.base),
-                };
-                let mut body = json!({
-                    "model": model,
-                    "messages": messages,
-                    "stream": false,
-                    "max_tokens": options.max_tokens,
-                    "temperature": options.temperature,
-                    "seed": options.seed,
-                });
-                if !options.stop.is_empty() {
-                    body["stop"] = json!(options.stop);
-                }
-                let mut request = self.http.post(&url).json(&body);
-                if self.kind == Kind::LlamaFarm {
-                    request = request.header("X-No-Session", "true");
-                }
-                let value = self.send(request, &url).await?;
                 let choice = &value["choices"][0];
                 let text = choice["message"]["content"]
                     .as_str()
@@ -336,26 +304,21 @@ impl Adapter {
         }
     }
 
-    /// Chat, streamed: `on_token` gets each piece as the server sends it. Ollama: `POST
-    /// /api/chat` with `stream: true` answers NDJSON, one `{"message":{"content"},"done":false}`
-    /// per piece and a final `{"done":true, "prompt_eval_count", "eval_count", "done_reason"}`.
-    /// OpenAI and LlamaFarm: `stream: true` answers server-sent events, `data: {chunk}` with
-    /// `choices[0].delta.content` and `finish_reason`, closed by `data: [DONE]`; usage comes in a
-    /// last chunk when asked for with `stream_options.include_usage`.
-    pub async fn chat_stream(
+    /// The chat request in the server's own format: URL, body and headers, streamed or not.
+    fn chat_request(
         &self,
         model: &str,
         messages: &[ChatMessage],
         options: &GenerateOptions,
-        mut on_token: impl FnMut(&str),
-    ) -> Result<ChatOutput, AdapterError> {
+        stream: bool,
+    ) -> (String, reqwest::RequestBuilder) {
         let (url, body) = match self.kind {
             Kind::Ollama => (
                 format!("{}/api/chat", self.base),
                 json!({
                     "model": model,
                     "messages": messages,
-                    "stream": true,
+                    "stream": stream,
                     "options": {
                         "temperature": options.temperature,
                         "num_predict": options.max_tokens,
@@ -374,12 +337,14 @@ impl Adapter {
                 let mut body = json!({
                     "model": model,
                     "messages": messages,
-                    "stream": true,
-                    "stream_options": {"include_usage": true},
+                    "stream": stream,
                     "max_tokens": options.max_tokens,
                     "temperature": options.temperature,
                     "seed": options.seed,
                 });
+                if stream {
+                    body["stream_options"] = json!({"include_usage": true});
+                }
                 if !options.stop.is_empty() {
                     body["stop"] = json!(options.stop);
                 }
@@ -390,6 +355,23 @@ impl Adapter {
         if self.kind == Kind::LlamaFarm {
             request = request.header("X-No-Session", "true");
         }
+        (url, request)
+    }
+
+    /// Chat, streamed: `on_token` gets each piece as the server sends it. Ollama: `POST
+    /// /api/chat` with `stream: true` answers NDJSON, one `{"message":{"content"},"done":false}`
+    /// per piece and a final `{"done":true, "prompt_eval_count", "eval_count", "done_reason"}`.
+    /// OpenAI and LlamaFarm: `stream: true` answers server-sent events, `data: {chunk}` with
+    /// `choices[0].delta.content` and `finish_reason`, closed by `data: [DONE]`; usage comes in a
+    /// last chunk when asked for with `stream_options.include_usage`.
+    pub async fn chat_stream(
+        &self,
+        model: &str,
+        messages: &[ChatMessage],
+        options: &GenerateOptions,
+        mut on_token: impl FnMut(&str),
+    ) -> Result<ChatOutput, AdapterError> {
+        let (url, request) = self.chat_request(model, messages, options, true);
         let unreachable = |e: reqwest::Error| AdapterError::Unreachable {
             server: self.kind.label(),
             url: url.clone(),
