@@ -188,4 +188,20 @@ impl Client {
         )
         .await
     }
+
+    pub async fn config_push(&self, text: String) -> Result<atmosphere_node::api::ConfigVersion> {
+        self.post("/v1/configs", &atmosphere_node::api::ConfigPush { text })
+            .await
+    }
+
+    pub async fn config_list(&self) -> Result<Vec<atmosphere_node::configsync::ConfigInfo>> {
+        self.get("/v1/configs").await
+    }
+
+    pub async fn config_show(&self, project: &str) -> Result<atmosphere_node::api::ConfigVersion> {
+        let Some((namespace, name)) = project.split_once('/') else {
+            anyhow::bail!("project {project:?}: expected NAMESPACE/NAME, e.g. default/home");
+        };
+        self.get(&format!("/v1/configs/{namespace}/{name}")).await
+    }
 }

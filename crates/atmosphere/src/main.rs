@@ -55,7 +55,7 @@ enum Command {
     /// Steer nodes.
     #[command(subcommand)]
     Node(NodeCommand),
-    /// Configuration help.
+    /// Node configuration help, and LlamaFarm project files shared across the mesh.
     #[command(subcommand)]
     Config(ConfigCommand),
     /// Issue and revoke join tokens (on the mesh authority).
@@ -115,6 +115,15 @@ struct ServeArgs {
     /// Skip the short generation that measures the chat model's speed at start.
     #[arg(long)]
     no_warmup: bool,
+    /// The LlamaFarm project file this node uses and keeps in sync with the mesh.
+    #[arg(long, value_name = "PATH")]
+    llamafarm_config: Option<PathBuf>,
+    /// A LlamaFarm project (NAMESPACE/NAME) to use before this node has its file.
+    #[arg(long, value_name = "NAMESPACE/NAME")]
+    llamafarm_project: Option<String>,
+    /// A LlamaFarm server to front for the project, e.g. http://127.0.0.1:14345.
+    #[arg(long, value_name = "URL")]
+    llamafarm_server: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -200,6 +209,20 @@ enum NodeCommand {
 enum ConfigCommand {
     /// Print an annotated example config file.
     Example,
+    /// Sign a `llamafarm.yaml` as its project's next version and spread it: every node that uses
+    /// the project rewrites its copy and reloads its model servers. Signed by the mesh authority
+    /// (this node, or the authority it reaches).
+    Push {
+        /// The project file (its `namespace` and `name` say which project it is).
+        file: PathBuf,
+    },
+    /// The shared project files this node knows: project, version, size, whether it uses it.
+    List,
+    /// Print a project's newest text.
+    Show {
+        /// NAMESPACE/NAME, e.g. default/home.
+        project: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -300,6 +323,25 @@ async fn dispatch(cli: Cli) -> Result<()> {
             print!("{}", atmosphere_node::config::EXAMPLE);
             Ok(())
         }
+        Command::Config(ConfigCommand::Push { file }) => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            let version = client.config_push(text).await?;
+            render::output(json, &version, |v| {
+                format!(
+                    "Pushed {} version {}; nodes using it reload within seconds.\n",
+                    v.project, v.version
+                )
+            })
+        }
+        Command::Config(ConfigCommand::List) => {
+            let list = client.config_list().await?;
+            render::output(json, &list, render::configs)
+        }
+        Command::Config(ConfigCommand::Show { project }) => {
+            let version = client.config_show(&project).await?;
+            render::output(json, &version, |v| v.text.clone())
+        }
         Command::Demo(args) => demo::run(args, json).await,
         Command::Llm(command) => tokio::task::spawn_blocking(move || llm::run(command, json))
             .await
@@ -356,6 +398,15 @@ async fn serve(args: ServeArgs) -> Result<()> {
     }
     if args.no_warmup {
         config.models.warmup = false;
+    }
+    if let Some(path) = args.llamafarm_config {
+        config.llamafarm.config = Some(path);
+    }
+    if let Some(project) = args.llamafarm_project {
+        config.llamafarm.project = Some(project);
+    }
+    if let Some(server) = args.llamafarm_server {
+        config.llamafarm.server = Some(server);
     }
     for server in args.model_servers {
         let Some((kind, url)) = server.split_once('=') else {

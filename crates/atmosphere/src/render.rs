@@ -185,6 +185,30 @@ pub fn routes(routes: &Vec<RouteInfo>) -> String {
     out
 }
 
+pub fn configs(configs: &Vec<atmosphere_node::configsync::ConfigInfo>) -> String {
+    if configs.is_empty() {
+        return "No shared project files yet: `atmosphere config push llamafarm.yaml` adds one.\n"
+            .into();
+    }
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<32} {:>7} {:>8} {:<5}",
+        "PROJECT", "VERSION", "BYTES", "USED"
+    );
+    for config in configs {
+        let _ = writeln!(
+            out,
+            "{:<32} {:>7} {:>8} {:<5}",
+            truncate(&config.project, 32),
+            config.version,
+            config.bytes,
+            if config.used_here { "yes" } else { "no" }
+        );
+    }
+    out
+}
+
 pub fn ping(result: &PingResult) -> String {
     let path: Vec<String> = result.echo.path.iter().map(|id| id.short()).collect();
     format!(

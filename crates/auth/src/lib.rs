@@ -3,11 +3,13 @@
 //! (Unix seconds).
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod config;
 pub mod invite;
 pub mod keys;
 pub mod revocation;
 pub mod token;
 
+pub use config::{ConfigBook, ConfigDoc, ConfigError, SignedConfig};
 pub use invite::{Invite, InviteError};
 pub use keys::{AuthorityKey, MeshId};
 pub use revocation::{Revocation, RevocationError, RevocationSet, RevokedTarget, SignedRevocation};

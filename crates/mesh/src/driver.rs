@@ -704,7 +704,9 @@ impl<T: Transport> Actor<T> {
             Request::Ping { nonce } => Response::Pong { nonce },
             // Reaches the actor only on transports without admission control.
             Request::Hello { .. } => Response::Welcome { token: Vec::new() },
-            request @ (Request::Join { .. } | Request::Renew { .. }) => {
+            request @ (Request::Join { .. }
+            | Request::Renew { .. }
+            | Request::SignConfig { .. }) => {
                 let Some(app_tx) = self.app_tx.clone() else {
                     let _ = reply_tx.send(Response::Error {
                         code: ErrorCode::Unauthorized,
@@ -1092,6 +1094,7 @@ fn describe(response: &Response) -> String {
         Response::Done => "done".into(),
         Response::Welcome { .. } => "welcome".into(),
         Response::Token { .. } => "token".into(),
+        Response::Config { .. } => "config".into(),
         Response::Routed { .. } => "routed reply".into(),
     }
 }

@@ -28,6 +28,8 @@ pub struct ApiState {
     pub models: std::sync::Arc<crate::models::LocalModels>,
     /// Model servers this node fronts.
     pub servers: std::sync::Arc<crate::servers::ModelServers>,
+    /// Shared LlamaFarm project files (absent in API tests over the in-memory transport).
+    pub configs: Option<crate::configsync::ConfigSync>,
 }
 
 /// An API error: a status code and a JSON body `{ "error": kind, "message": text }`.
@@ -239,6 +241,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/mesh/join", post(join))
         .route("/v1/tokens", post(issue))
         .route("/v1/tokens/revoke", post(revoke))
+        .route("/v1/configs", get(configs_list).post(configs_push))
+        .route("/v1/configs/{namespace}/{name}", get(configs_get))
         .route("/v1/models", get(crate::openai::models))
         .route(
             "/v1/chat/completions",
@@ -353,6 +357,87 @@ async fn revoke(
     }))
 }
 
+/// Body of `POST /v1/configs`: a `llamafarm.yaml` to sign and spread.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConfigPush {
+    pub text: String,
+}
+
+/// A project's newest version, with its text (`GET /v1/configs/NS/NAME`, `POST /v1/configs`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConfigVersion {
+    pub project: String,
+    pub version: u64,
+    pub signed_at: u64,
+    pub text: String,
+}
+
+impl From<atmosphere_auth::ConfigDoc> for ConfigVersion {
+    fn from(doc: atmosphere_auth::ConfigDoc) -> Self {
+        Self {
+            project: doc.project,
+            version: doc.version,
+            signed_at: doc.signed_at,
+            text: doc.text,
+        }
+    }
+}
+
+fn configs(state: &ApiState) -> Result<&crate::configsync::ConfigSync, ApiError> {
+    state.configs.as_ref().ok_or(ApiError {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        kind: "no_config_sync",
+        message: "this node runs without config sync".into(),
+    })
+}
+
+async fn configs_list(
+    State(state): State<ApiState>,
+) -> Result<Json<Vec<crate::configsync::ConfigInfo>>, ApiError> {
+    Ok(Json(configs(&state)?.list()))
+}
+
+async fn configs_get(
+    State(state): State<ApiState>,
+    axum::extract::Path((namespace, name)): axum::extract::Path<(String, String)>,
+) -> Result<Json<ConfigVersion>, ApiError> {
+    let project = format!("{namespace}/{name}");
+    configs(&state)?
+        .get(&project)
+        .map(|doc| Json(doc.into()))
+        .ok_or(ApiError {
+            status: StatusCode::NOT_FOUND,
+            kind: "unknown_project",
+            message: format!(
+                "no config for {project:?} in this mesh; see `atmosphere config list`"
+            ),
+        })
+}
+
+async fn configs_push(
+    State(state): State<ApiState>,
+    Json(request): Json<ConfigPush>,
+) -> Result<Json<ConfigVersion>, ApiError> {
+    use crate::configsync::SyncError;
+    match configs(&state)?.submit(&request.text).await {
+        Ok(doc) => Ok(Json(doc.into())),
+        Err(error) => {
+            let (status, kind) = match &error {
+                SyncError::Project(_) => (StatusCode::BAD_REQUEST, "invalid"),
+                SyncError::NoMesh => (StatusCode::CONFLICT, "not_member"),
+                SyncError::NoAuthority(_) => (StatusCode::BAD_GATEWAY, "unreachable"),
+                SyncError::Refused(_) => (StatusCode::FORBIDDEN, "refused"),
+                _ => (StatusCode::BAD_GATEWAY, "peer_error"),
+            };
+            Err(ApiError {
+                status,
+                kind,
+                message: error.to_string(),
+            })
+        }
+    }
+}
+
 async fn disconnect(
     State(state): State<ApiState>,
     Json(request): Json<NodeRequest>,
@@ -417,6 +502,7 @@ mod tests {
             api_key,
             models: Default::default(),
             servers: Default::default(),
+            configs: None,
         })
     }
 

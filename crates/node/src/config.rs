@@ -56,6 +56,32 @@ pub struct NodeConfig {
     pub token_ttl: Duration,
     pub gossip: GossipSection,
     pub models: ModelsSection,
+    pub llamafarm: LlamaFarmSection,
+}
+
+/// The LlamaFarm project (`llamafarm.yaml`) this node uses, kept in sync with the mesh: an edit of
+/// the file, here or on any node using the same project, is signed by the authority as the next
+/// version and reaches every user within seconds; each reloads its model servers from it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LlamaFarmSection {
+    /// The project file. Default when only `project` is set: `<data_dir>/llamafarm.yaml`.
+    pub config: Option<PathBuf>,
+    /// The project as `namespace/name`, for a node without the file yet (the mesh sends it).
+    pub project: Option<String>,
+    /// A LlamaFarm server to front for this project, e.g. `http://127.0.0.1:14345`.
+    pub server: Option<String>,
+}
+
+impl LlamaFarmSection {
+    /// The file this node keeps in sync, if it uses a project at all.
+    pub fn path(&self, data_dir: &Path) -> Option<PathBuf> {
+        match (&self.config, &self.project) {
+            (Some(path), _) => Some(path.clone()),
+            (None, Some(_)) => Some(data_dir.join("llamafarm.yaml")),
+            (None, None) => None,
+        }
+    }
 }
 
 /// The models the node runs itself, and the model servers it fronts.
@@ -158,6 +184,7 @@ impl Default for NodeConfig {
             token_ttl: Duration::from_secs(24 * 3600),
             gossip: GossipSection::default(),
             models: ModelsSection::default(),
+            llamafarm: LlamaFarmSection::default(),
         }
     }
 }
@@ -321,6 +348,14 @@ health_interval = "5s"  # how often model servers are checked; a failing one is 
 # # LlamaFarm only:
 # # project = "default/home"
 # # runtime = "http://127.0.0.1:11540"
+
+# The LlamaFarm project this node uses, kept in sync across the mesh (signed by the authority).
+# Edit the file on any node using the project, or `atmosphere config push FILE`; every user
+# reloads its model servers from `runtime.models` within seconds.
+[llamafarm]
+# config = "/etc/atmosphere/llamafarm.yaml"
+# project = "default/home"                 # without `config`: kept in <data_dir>/llamafarm.yaml
+# server = "http://127.0.0.1:14345"        # a LlamaFarm server to front for the project
 
 [gossip]
 interval = "500ms"          # time between rounds

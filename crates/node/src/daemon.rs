@@ -7,15 +7,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use atmosphere_mesh::discovery::{Discovery, DiscoveryMode};
-use atmosphere_mesh::transport::Transport;
 use atmosphere_mesh::transport::quic::{QuicConfig, QuicTransport};
+use atmosphere_mesh::transport::{Incoming, Transport};
 use atmosphere_mesh::{Hooks, Mesh, PeerAddr, Status};
+use atmosphere_proto::Request;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::api::{ApiState, router};
 use crate::config::{ConfigError, NodeConfig};
+use crate::configsync::ConfigSync;
 use crate::identity::{self, IdentityError};
 use crate::servers::ModelServers;
 use crate::store::{Store, StoreError};
@@ -146,12 +148,29 @@ pub async fn run(
         },
         mesh_config.clone(),
     );
-    let trust_service = loaded.into_service(trust, mesh.clone());
+    let trust_service = loaded.into_service(trust.clone(), mesh.clone());
     let trust_cancel = tokio_util::sync::CancellationToken::new();
+    let (trust_tx, trust_rx) = mpsc::channel(64);
+    let (config_tx, config_rx) = mpsc::channel(16);
+    let dispatcher = tokio::spawn(dispatch(app_rx, trust_tx, config_tx));
     let trust_task = tokio::spawn(trust::run(
         trust_service.clone(),
-        app_rx,
+        trust_rx,
         readmitted_rx,
+        trust_cancel.clone(),
+    ));
+    let usage = config
+        .llamafarm
+        .path(&config.data_dir)
+        .map(|path| crate::configsync::Usage {
+            path,
+            project: config.llamafarm.project.clone(),
+            server: config.llamafarm.server.clone(),
+        });
+    let configs = ConfigSync::new(trust, store.clone(), mesh.clone(), servers.clone(), usage);
+    let configs_task = tokio::spawn(crate::configsync::run(
+        configs.clone(),
+        config_rx,
         trust_cancel.clone(),
     ));
     let models_task = tokio::spawn(crate::servers::run(
@@ -209,6 +228,7 @@ pub async fn run(
         api_key,
         models,
         servers,
+        configs: Some(configs),
     });
 
     let saver = tokio::spawn(save_peers_periodically(mesh.clone(), store.clone()));
@@ -244,6 +264,8 @@ pub async fn run(
     saver.abort();
     trust_cancel.cancel();
     let _ = trust_task.await;
+    let _ = configs_task.await;
+    dispatcher.abort();
     let _ = models_task.await;
     let _ = stop_tx.send(());
     let _ = server.await;
@@ -254,6 +276,23 @@ pub async fn run(
     }
     transport.shutdown().await;
     Ok(())
+}
+
+/// Hands each request the mesh does not answer itself to the service that does.
+async fn dispatch(
+    mut app_rx: mpsc::Receiver<Incoming>,
+    trust_tx: mpsc::Sender<Incoming>,
+    config_tx: mpsc::Sender<Incoming>,
+) {
+    while let Some(incoming) = app_rx.recv().await {
+        let to = match incoming.request {
+            Request::SignConfig { .. } => &config_tx,
+            _ => &trust_tx,
+        };
+        if to.send(incoming).await.is_err() {
+            return;
+        }
+    }
 }
 
 /// Remembers live peers every few seconds, so a restart can rejoin without mDNS or bootstrap.

@@ -4,8 +4,10 @@
 
 pub mod api;
 pub mod config;
+pub mod configsync;
 pub mod daemon;
 pub mod identity;
+pub mod llamafarm;
 pub mod models;
 pub mod openai;
 pub mod servers;

@@ -3,8 +3,10 @@
 //! models; the node's own models and the servers' are gossiped under `models`, and the
 //! capabilities derived from the healthy ones (`llm/<size>`, `embeddings/<name>`) replace the
 //! node's advertised set, so a failing server stops attracting work within one interval.
+//! Servers come from the node's config (fixed) and from the LlamaFarm project it uses (replaced
+//! whenever a new signed version of the project arrives, without a restart).
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use atmosphere_backends::adapters::{Adapter, AdapterError, Kind, ServerModel};
@@ -22,6 +24,7 @@ use crate::models::LocalModels;
 pub struct Server {
     pub kind: Kind,
     pub url: String,
+    pub project: Option<String>,
     adapter: Adapter,
     state: Mutex<ServerState>,
 }
@@ -36,78 +39,126 @@ struct ServerState {
 /// The servers of one node.
 #[derive(Debug, Default)]
 pub struct ModelServers {
-    servers: Vec<Server>,
+    fixed: Vec<Arc<Server>>,
+    /// From the LlamaFarm project the node uses; swapped on each new version.
+    synced: RwLock<Vec<Arc<Server>>>,
+    /// Wakes the health loop when the set changes, so new servers are checked at once.
+    changed: tokio::sync::Notify,
 }
 
 impl ModelServers {
     pub fn from_config(sections: &[ServerSection]) -> Result<Self, AdapterError> {
-        let servers = sections
-            .iter()
-            .map(|section| {
-                let adapter = match section.kind {
-                    Kind::Ollama => Adapter::ollama(&section.url, section.timeout),
-                    Kind::OpenAi => Adapter::openai(&section.url, section.timeout),
-                    Kind::LlamaFarm => Adapter::llamafarm(
-                        &section.url,
-                        section.project.as_deref().unwrap_or("default/default"),
-                        section
-                            .runtime
-                            .as_deref()
-                            .unwrap_or("http://127.0.0.1:11540"),
-                        section.timeout,
-                    ),
-                }?;
-                Ok(Server {
-                    kind: section.kind,
-                    url: section.url.clone(),
-                    adapter,
-                    state: Mutex::new(ServerState {
-                        models: Vec::new(),
-                        degraded: Some("not checked yet".into()),
-                    }),
-                })
-            })
-            .collect::<Result<_, AdapterError>>()?;
-        Ok(Self { servers })
+        Ok(Self {
+            fixed: build(sections)?,
+            ..Self::default()
+        })
     }
 
+    /// Replaces the project's servers (a new version of `llamafarm.yaml`); servers already known
+    /// by kind and URL keep their state.
+    pub fn replace_synced(&self, sections: &[ServerSection]) -> Result<(), AdapterError> {
+        let fresh = build(sections)?;
+        let mut synced = self.synced.write().unwrap_or_else(|e| e.into_inner());
+        let kept: Vec<Arc<Server>> = fresh
+            .into_iter()
+            .map(|new| {
+                synced
+                    .iter()
+                    .find(|old| {
+                        old.kind == new.kind && old.url == new.url && old.project == new.project
+                    })
+                    .cloned()
+                    .unwrap_or(new)
+            })
+            .collect();
+        *synced = kept;
+        drop(synced);
+        self.changed.notify_one();
+        Ok(())
+    }
+
+    /// Every server, fixed first.
+    fn all(&self) -> Vec<Arc<Server>> {
+        let synced = self.synced.read().unwrap_or_else(|e| e.into_inner());
+        self.fixed.iter().chain(synced.iter()).cloned().collect()
+    }
+
+    /// Resolves when the set of servers changed since the last call.
+    pub async fn changed(&self) {
+        self.changed.notified().await;
+    }
+}
+
+fn build(sections: &[ServerSection]) -> Result<Vec<Arc<Server>>, AdapterError> {
+    sections
+        .iter()
+        .map(|section| {
+            let adapter = match section.kind {
+                Kind::Ollama => Adapter::ollama(&section.url, section.timeout),
+                Kind::OpenAi => Adapter::openai(&section.url, section.timeout),
+                Kind::LlamaFarm => Adapter::llamafarm(
+                    &section.url,
+                    section.project.as_deref().unwrap_or("default/default"),
+                    section
+                        .runtime
+                        .as_deref()
+                        .unwrap_or("http://127.0.0.1:11540"),
+                    section.timeout,
+                ),
+            }?;
+            Ok(Arc::new(Server {
+                kind: section.kind,
+                url: section.url.clone(),
+                project: section.project.clone(),
+                adapter,
+                state: Mutex::new(ServerState {
+                    models: Vec::new(),
+                    degraded: Some("not checked yet".into()),
+                }),
+            }))
+        })
+        .collect()
+}
+
+impl ModelServers {
     pub fn is_empty(&self) -> bool {
-        self.servers.is_empty()
+        self.all().is_empty()
     }
 
     /// Asks every server for its health and models (concurrently, each bounded by its timeout).
     pub async fn check(&self) {
-        let checks = self.servers.iter().map(|server| async move {
-            let outcome = match server.adapter.health().await {
-                Ok(()) => server.adapter.list_model_details().await,
-                Err(e) => Err(e),
-            };
-            let mut state = server.state.lock().unwrap_or_else(|e| e.into_inner());
-            match outcome {
-                Ok(models) => {
-                    if state.degraded.is_some() {
-                        info!(url = %server.url, models = models.len(), "model server healthy");
+        let mut checks = tokio::task::JoinSet::new();
+        for server in self.all() {
+            checks.spawn(async move {
+                let outcome = match server.adapter.health().await {
+                    Ok(()) => server.adapter.list_model_details().await,
+                    Err(e) => Err(e),
+                };
+                let mut state = server.state.lock().unwrap_or_else(|e| e.into_inner());
+                match outcome {
+                    Ok(models) => {
+                        if state.degraded.is_some() {
+                            info!(url = %server.url, models = models.len(), "model server healthy");
+                        }
+                        state.models = models;
+                        state.degraded = None;
                     }
-                    state.models = models;
-                    state.degraded = None;
-                }
-                Err(e) => {
-                    if state.degraded.as_deref() != Some(&e.to_string()) {
-                        warn!(url = %server.url, "model server degraded: {e}");
+                    Err(e) => {
+                        if state.degraded.as_deref() != Some(&e.to_string()) {
+                            warn!(url = %server.url, "model server degraded: {e}");
+                        }
+                        state.degraded = Some(e.to_string());
                     }
-                    state.degraded = Some(e.to_string());
                 }
-            }
-        });
-        for check in checks {
-            check.await;
+            });
         }
+        while checks.join_next().await.is_some() {}
     }
 
     /// The servers' models as the mesh sees them; a degraded server's models carry the reason.
     pub fn adverts(&self) -> Vec<ModelAdvert> {
         let mut adverts = Vec::new();
-        for server in &self.servers {
+        for server in &self.all() {
             let state = server.state.lock().unwrap_or_else(|e| e.into_inner());
             for model in &state.models {
                 let parameters = model.parameters.unwrap_or(0);
@@ -146,17 +197,17 @@ impl ModelServers {
     }
 
     /// The healthy server that offers `model`.
-    pub fn find(&self, model: &str) -> Option<&Adapter> {
-        self.servers.iter().find_map(|server| {
+    pub fn find(&self, model: &str) -> Option<Adapter> {
+        self.all().iter().find_map(|server| {
             let state = server.state.lock().unwrap_or_else(|e| e.into_inner());
             (state.degraded.is_none() && state.models.iter().any(|m| m.name == model))
-                .then_some(&server.adapter)
+                .then(|| server.adapter.clone())
         })
     }
 
     /// The first healthy chat model, for requests that name none.
-    pub fn default_chat(&self) -> Option<(&Adapter, String)> {
-        self.servers.iter().find_map(|server| {
+    pub fn default_chat(&self) -> Option<(Adapter, String)> {
+        self.all().iter().find_map(|server| {
             let state = server.state.lock().unwrap_or_else(|e| e.into_inner());
             if state.degraded.is_some() {
                 return None;
@@ -165,7 +216,7 @@ impl ModelServers {
                 .models
                 .iter()
                 .find(|m| kind_of(m) == ModelKind::Chat)
-                .map(|m| (&server.adapter, m.name.clone()))
+                .map(|m| (server.adapter.clone(), m.name.clone()))
         })
     }
 }
@@ -237,6 +288,7 @@ pub async fn run(
         tokio::select! {
             () = cancel.cancelled() => return,
             _ = ticker.tick() => {}
+            () = servers.changed() => {}
         }
         servers.check().await;
         let mut adverts = local.adverts();

@@ -159,6 +159,40 @@ impl Trust {
     pub fn mesh_id(&self) -> Option<MeshId> {
         self.read().mesh.as_ref().map(|(id, _)| *id)
     }
+
+    /// Whether this node holds the mesh authority key.
+    pub fn is_authority(&self) -> bool {
+        self.read().authority.is_some()
+    }
+
+    /// Signs a shared config as the authority; `None` on any other node.
+    pub fn sign_config(
+        &self,
+        project: &str,
+        version: u64,
+        text: &str,
+    ) -> Option<Result<atmosphere_auth::SignedConfig, atmosphere_auth::ConfigError>> {
+        let state = self.read();
+        let authority = state.authority.as_ref()?;
+        Some(atmosphere_auth::ConfigDoc::sign(
+            authority,
+            project,
+            version,
+            text,
+            unix_now(),
+        ))
+    }
+
+    /// Admitted peers whose token says they are the authority.
+    pub fn authority_peers(&self) -> Vec<NodeId> {
+        let now = unix_now();
+        self.read()
+            .peers
+            .iter()
+            .filter(|(_, p)| p.authority && p.expires_at > now)
+            .map(|(id, _)| *id)
+            .collect()
+    }
 }
 
 /// The trust layer's operations, wired to storage and the mesh.

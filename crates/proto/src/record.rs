@@ -84,6 +84,15 @@ impl RecordKey for RevocationsKey {
     type Value = Vec<u8>;
 }
 
+/// The authority-signed shared configs (`llamafarm.yaml` per project) the node knows, newest
+/// version of each (relayed by every node; each checks the signatures).
+#[derive(Debug)]
+pub struct ConfigsKey;
+impl RecordKey for ConfigsKey {
+    const KEY: &'static str = "configs";
+    type Value = Vec<u8>;
+}
+
 /// Present (true) once the node has announced an orderly leave.
 #[derive(Debug)]
 pub struct LeftKey;

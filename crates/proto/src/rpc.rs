@@ -22,6 +22,9 @@ pub enum Request {
     Join { secret: Vec<u8>, name: String },
     /// A member asks the authority to renew its current token before it expires.
     Renew { token: Vec<u8> },
+    /// A member asks the authority to sign an edited shared config (`llamafarm.yaml`) as the
+    /// project's next version. Answered with [`Response::Config`].
+    SignConfig { text: String },
     /// Work addressed to `dest`, relayed hop by hop along the gradient table.
     Routed {
         dest: NodeId,
@@ -87,6 +90,10 @@ pub enum Response {
     /// A token issued by the authority (answer to `Join` and `Renew`).
     Token {
         token: Vec<u8>,
+    },
+    /// A shared config signed by the authority (answer to `SignConfig`).
+    Config {
+        signed: Vec<u8>,
     },
     Routed {
         /// Every node the request passed through, the origin first and the destination last.

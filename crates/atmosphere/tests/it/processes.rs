@@ -323,3 +323,126 @@ async fn a_fronted_model_server_is_advertised_used_and_marked_degraded_when_it_f
         "{body}"
     );
 }
+
+/// A `llamafarm.yaml` whose runtime model is served at `base_url`.
+fn project_file(base_url: &str, extra_model: &str) -> String {
+    format!(
+        "version: v1\nname: home\nnamespace: family\nruntime:\n  models:\n    - name: local\n      \
+         provider: openai\n      model: smollm2-135m\n      base_url: {base_url}/v1\n{extra_model}\
+         rag:\n  databases:\n    - name: policies\n      type: ChromaStore\n"
+    )
+}
+
+/// The models `node` advertises for itself, as (backend, degraded) pairs.
+async fn own_models(api: &str, id: atmosphere_proto::NodeId) -> Option<Vec<(String, bool)>> {
+    let view = status(api).await?;
+    let node = view.nodes.iter().find(|n| n.id == id)?;
+    Some(
+        node.models
+            .iter()
+            .map(|m| (m.backend.clone(), m.degraded.is_some()))
+            .collect(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_llamafarm_project_edited_on_one_node_reaches_the_others_and_reloads_their_servers() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_with_models("model-server", &dir.path().join("server")).await;
+    let base = format!("http://{}", server.api());
+    let mesh = unique_mesh("farm");
+
+    // The authority uses a project file that exists before the mesh does: it fronts the file's
+    // servers at once and signs the file as version 1 as soon as it holds the authority key.
+    let file_a = dir.path().join("a-llamafarm.yaml");
+    let v1 = project_file(&base, "");
+    std::fs::write(&file_a, &v1).unwrap();
+    let mut args = loopback_args(&mesh, "off", &[], &[]);
+    args.extend(["--llamafarm-config".into(), file_a.display().to_string()]);
+    let a = start("farm-a", &dir.path().join("a"), &args).await;
+    // The member names the project only; the mesh gives it the file.
+    let mut args = loopback_args(&mesh, "off", &[], &[a.bootstrap_line()]);
+    args.extend(["--llamafarm-project".into(), "family/home".into()]);
+    let b = start("farm-b", &dir.path().join("b"), &args).await;
+    form_mesh(&[&a, &b]);
+    let (a_api, b_api) = (a.api(), b.api());
+
+    let file_b = dir.path().join("b").join("llamafarm.yaml");
+    let started = std::time::Instant::now();
+    eventually(Duration::from_secs(60), "v1 reaches the member", || async {
+        let models = own_models(&b_api, b.id()).await?;
+        let fronted = models
+            .iter()
+            .any(|(backend, degraded)| backend == "openai" && !degraded);
+        (fronted && std::fs::read_to_string(&file_b).ok()? == v1).then_some(())
+    })
+    .await;
+    eprintln!("config v1 synced and applied in {:?}", started.elapsed());
+    let list: serde_json::Value =
+        serde_json::from_str(&cli(&["--api", &b_api, "--json", "config", "list"])).unwrap();
+    assert_eq!(list[0]["project"], "family/home");
+    assert_eq!(list[0]["version"], 1);
+    assert_eq!(list[0]["used_here"], true);
+
+    // An edit on the member is signed by the authority as version 2 and lands in the
+    // authority's file; both reload: the new (unreachable) Ollama server shows as degraded.
+    let v2 = project_file(
+        &base,
+        "    - name: gone\n      provider: ollama\n      model: llama3.2:3b\n      base_url: http://127.0.0.1:9/v1\n",
+    );
+    std::fs::write(&file_b, &v2).unwrap();
+    let started = std::time::Instant::now();
+    for (api, id) in [(&a_api, a.id()), (&b_api, b.id())] {
+        eventually(Duration::from_secs(60), "v2 applied", || async {
+            let models = own_models(api, id).await?;
+            models
+                .iter()
+                .any(|(backend, degraded)| backend == "ollama" && *degraded)
+                .then_some(())
+        })
+        .await;
+    }
+    assert_eq!(std::fs::read_to_string(&file_a).unwrap(), v2);
+    eprintln!("config v2 synced and applied in {:?}", started.elapsed());
+    let shown: serde_json::Value = serde_json::from_str(&cli(&[
+        "--api",
+        &a_api,
+        "--json",
+        "config",
+        "show",
+        "family/home",
+    ]))
+    .unwrap();
+    assert_eq!(shown["version"], 2);
+    assert_eq!(shown["text"], v2.as_str());
+
+    // `config push` goes the same way; a file that is not a project is refused with the reason,
+    // and nothing changes.
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "name: [unclosed").unwrap();
+    let err = cli_fails(&[
+        "--api",
+        &b_api,
+        "config",
+        "push",
+        &bad.display().to_string(),
+    ]);
+    assert!(err.contains("not valid YAML"), "{err}");
+    let v3 = project_file(&base, "");
+    let pushed = dir.path().join("v3.yaml");
+    std::fs::write(&pushed, &v3).unwrap();
+    let out = cli(&[
+        "--api",
+        &b_api,
+        "config",
+        "push",
+        &pushed.display().to_string(),
+    ]);
+    assert!(out.contains("family/home version 3"), "{out}");
+    eventually(
+        Duration::from_secs(60),
+        "v3 in the authority's file",
+        || async { (std::fs::read_to_string(&file_a).ok()? == v3).then_some(()) },
+    )
+    .await;
+}
