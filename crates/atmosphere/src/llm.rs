@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use atmosphere_backends::models::{MINILM_DIR, cache_dir};
-use atmosphere_backends::{ChatMessage, Embedder, GenerateOptions, GgufModel};
+use atmosphere_backends::{ChatMessage, ChatModel, Embedder, Engine, GenerateOptions};
 use clap::Subcommand;
 
 #[derive(Debug, Subcommand)]
@@ -25,6 +25,9 @@ pub enum LlmCommand {
         /// A system message to put first.
         #[arg(long)]
         system: Option<String>,
+        /// "auto" (llama.cpp when this build has it, else candle), "candle" or "llama.cpp".
+        #[arg(long, default_value = "auto")]
+        engine: String,
     },
     /// Embed text with all-MiniLM-L6-v2 (384 dimensions, unit length).
     Embed {
@@ -60,9 +63,11 @@ pub fn run(command: LlmCommand, json: bool) -> Result<()> {
             max_tokens,
             temperature,
             system,
+            engine,
         } => {
             let path = gguf(model);
-            let mut model = GgufModel::load(&path)?;
+            let engine = Engine::parse(&engine).map_err(anyhow::Error::msg)?;
+            let mut model = ChatModel::load(engine, &path)?;
             let mut messages = Vec::new();
             if let Some(system) = system {
                 messages.push(ChatMessage {
@@ -86,6 +91,7 @@ pub fn run(command: LlmCommand, json: bool) -> Result<()> {
             if json {
                 let value = serde_json::json!({
                     "model": model.info(),
+                    "engine": model.engine(),
                     "text": generation.text,
                     "prompt_tokens": generation.prompt_tokens,
                     "completion_tokens": generation.completion_tokens,
@@ -97,8 +103,9 @@ pub fn run(command: LlmCommand, json: bool) -> Result<()> {
             } else {
                 println!();
                 eprintln!(
-                    "[{}: {} tokens, first after {:.0} ms, {:.1} tokens/s]",
+                    "[{} on {}: {} tokens, first after {:.0} ms, {:.1} tokens/s]",
                     model.info().name,
+                    model.engine(),
                     generation.completion_tokens,
                     generation.first_token.as_secs_f64() * 1000.0,
                     generation.tokens_per_second()
@@ -135,8 +142,7 @@ pub fn run(command: LlmCommand, json: bool) -> Result<()> {
         }
         LlmCommand::Info { model } => {
             let path = gguf(model);
-            let model = GgufModel::load(&path)?;
-            let info = model.info();
+            let info = &ChatModel::inspect(Engine::best(), &path)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(info)?);
             } else {

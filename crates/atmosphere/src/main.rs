@@ -105,6 +105,10 @@ struct ServeArgs {
     /// "gemma3" (Gemma 3 270M) or a GGUF path.
     #[arg(long)]
     llm: Option<String>,
+    /// Engine for the chat model: "auto" (llama.cpp when this build has it, else candle),
+    /// "candle" or "llama.cpp".
+    #[arg(long)]
+    engine: Option<String>,
     /// Embeddings this node serves: "auto" (MiniLM from the model cache) or a directory.
     #[arg(long)]
     embeddings: Option<String>,
@@ -392,6 +396,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
     }
     if let Some(llm) = args.llm {
         config.models.llm = llm;
+    }
+    if let Some(engine) = args.engine {
+        config.models.engine = engine;
     }
     if let Some(embeddings) = args.embeddings {
         config.models.embeddings = embeddings;

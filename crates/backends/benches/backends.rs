@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use atmosphere_backends::models::cache_dir;
-use atmosphere_backends::{ChatMessage, Embedder, GenerateOptions, GgufModel};
+use atmosphere_backends::{ChatMessage, ChatModel, Embedder, Engine, GenerateOptions};
 
 /// Resident memory of this process, from /proc (Linux).
 fn rss_mib() -> f64 {
@@ -82,18 +82,21 @@ fn main() {
         atmosphere_backends::models::smollm2_path(),
         atmosphere_backends::models::gemma3_path(),
     ] {
-        candle_row(&path, &messages);
+        engine_row(Engine::Candle, &path, &messages);
+        if cfg!(feature = "llama-cpp") {
+            engine_row(Engine::LlamaCpp, &path, &messages);
+        }
     }
     llama_cpp_row(&messages);
 }
 
 const MAX_TOKENS: usize = 128;
 
-/// candle in this process: load time and memory, then best of 3 greedy generations.
-fn candle_row(path: &std::path::Path, messages: &[ChatMessage]) {
+/// An engine in this process: load time and memory, then best of 3 greedy generations.
+fn engine_row(engine: Engine, path: &std::path::Path, messages: &[ChatMessage]) {
     let rss_before = rss_mib();
     let started = Instant::now();
-    let mut model = GgufModel::load(path).expect("load model (run scripts/fetch-models)");
+    let mut model = ChatModel::load(engine, path).expect("load model (run scripts/fetch-models)");
     let load = started.elapsed();
     let rss_model = rss_mib() - rss_before;
     let options = GenerateOptions {
@@ -109,7 +112,7 @@ fn candle_row(path: &std::path::Path, messages: &[ChatMessage]) {
         .expect("runs");
     let info = model.info();
     println!(
-        "| candle (in process) | {} | {} | {load:.0?} | +{rss_model:.0} MiB | {} | {:.0?} | {:.1} tok/s ({} tokens) |",
+        "| {engine} (in process) | {} | {} | {load:.0?} | +{rss_model:.0} MiB | {} | {:.0?} | {:.1} tok/s ({} tokens) |",
         info.name,
         info.quantization,
         best.prompt_tokens,

@@ -94,6 +94,8 @@ pub enum LlmError {
     Template(String),
     #[error("inference failed: {0}")]
     Inference(#[from] candle_core::Error),
+    #[error("llama.cpp failed: {0}")]
+    Engine(String),
 }
 
 /// What a model is, from its GGUF metadata.
@@ -188,9 +190,17 @@ pub struct GgufModel {
     stop_ids: Vec<u32>,
     /// Prepended to every prompt when the file asks for it (`tokenizer.ggml.add_bos_token`).
     bos_id: Option<u32>,
+    format: ChatFormat,
+}
+
+/// How a model wants a conversation written: its GGUF chat template (Jinja, rendered with
+/// minijinja), or its family's turn format when the file has none.
+#[derive(Debug, Clone)]
+pub(crate) struct ChatFormat {
     template: Option<String>,
     bos: Option<String>,
     eos: Option<String>,
+    architecture: String,
 }
 
 impl std::fmt::Debug for GgufModel {
@@ -233,11 +243,7 @@ impl GgufModel {
             .and_then(|v| v.to_bool().ok())
             .unwrap_or(false);
         let bos_id = meta_u32(&content, "tokenizer.ggml.bos_token_id").filter(|_| add_bos);
-        let tokens = meta_strings(&content, "tokenizer.ggml.tokens").unwrap_or_default();
-        let token_text =
-            |key: &str| meta_u32(&content, key).and_then(|id| tokens.get(id as usize).cloned());
-        let bos = token_text("tokenizer.ggml.bos_token_id");
-        let eos = token_text("tokenizer.ggml.eos_token_id");
+        let format = ChatFormat::from_gguf(&content, &info);
         let mut stop_ids: Vec<u32> = meta_u32(&content, "tokenizer.ggml.eos_token_id")
             .into_iter()
             .collect();
@@ -254,7 +260,6 @@ impl GgufModel {
                 stop_ids.push(id);
             }
         }
-        let template = meta_str(&content, "tokenizer.chat_template");
         let weights = match info.architecture.as_str() {
             "gemma3" => quantized_gemma3::ModelWeights::from_gguf(content, &mut file, &Device::Cpu)
                 .map(Weights::Gemma3),
@@ -268,9 +273,7 @@ impl GgufModel {
             info,
             stop_ids,
             bos_id,
-            template,
-            bos,
-            eos,
+            format,
         })
     }
 
@@ -291,63 +294,7 @@ impl GgufModel {
     /// Renders `messages` with the model's chat template; when the file has none, the turn
     /// format of its family (Gemma's turns, else ChatML).
     pub fn render_chat(&self, messages: &[ChatMessage]) -> Result<String, LlmError> {
-        let Some(template) = &self.template else {
-            let mut prompt = String::new();
-            if self.info.architecture == "gemma3" {
-                // Gemma has no system role: a system message opens the first user turn.
-                let mut pending_system = String::new();
-                for message in messages {
-                    match message.role.as_str() {
-                        "system" => {
-                            pending_system.push_str(&message.content);
-                            pending_system.push_str("\n\n");
-                        }
-                        role => {
-                            let role = if role == "assistant" { "model" } else { "user" };
-                            prompt.push_str(&format!(
-                                "<start_of_turn>{role}\n{}{}<end_of_turn>\n",
-                                std::mem::take(&mut pending_system),
-                                message.content.trim()
-                            ));
-                        }
-                    }
-                }
-                prompt.push_str("<start_of_turn>model\n");
-                return Ok(prompt);
-            }
-            for message in messages {
-                prompt.push_str(&format!(
-                    "<|im_start|>{}\n{}<|im_end|>\n",
-                    message.role, message.content
-                ));
-            }
-            prompt.push_str("<|im_start|>assistant\n");
-            return Ok(prompt);
-        };
-        let mut env = minijinja::Environment::new();
-        env.add_function(
-            "raise_exception",
-            |message: String| -> Result<String, minijinja::Error> {
-                Err(minijinja::Error::new(
-                    minijinja::ErrorKind::InvalidOperation,
-                    message,
-                ))
-            },
-        );
-        env.add_template("chat", template)
-            .map_err(|e| LlmError::Template(e.to_string()))?;
-        let rendered = env
-            .get_template("chat")
-            .and_then(|t| {
-                t.render(minijinja::context! {
-                    messages => minijinja::Value::from(minijinja::value::Serde(messages)),
-                    add_generation_prompt => true,
-                    bos_token => self.bos.clone().unwrap_or_default(),
-                    eos_token => self.eos.clone().unwrap_or_default(),
-                })
-            })
-            .map_err(|e| LlmError::Template(e.to_string()))?;
-        Ok(rendered)
+        self.format.render(messages)
     }
 
     /// Chat: renders the template, then generates.
@@ -454,8 +401,102 @@ impl GgufModel {
     }
 }
 
+impl ChatFormat {
+    pub(crate) fn from_gguf(content: &gguf_file::Content, info: &ModelInfo) -> Self {
+        let tokens = meta_strings(content, "tokenizer.ggml.tokens").unwrap_or_default();
+        let token_text =
+            |key: &str| meta_u32(content, key).and_then(|id| tokens.get(id as usize).cloned());
+        Self {
+            template: meta_str(content, "tokenizer.chat_template"),
+            bos: token_text("tokenizer.ggml.bos_token_id"),
+            eos: token_text("tokenizer.ggml.eos_token_id"),
+            architecture: info.architecture.clone(),
+        }
+    }
+
+    pub(crate) fn render(&self, messages: &[ChatMessage]) -> Result<String, LlmError> {
+        let Some(template) = &self.template else {
+            let mut prompt = String::new();
+            if self.architecture == "gemma3" {
+                // Gemma has no system role: a system message opens the first user turn.
+                let mut pending_system = String::new();
+                for message in messages {
+                    match message.role.as_str() {
+                        "system" => {
+                            pending_system.push_str(&message.content);
+                            pending_system.push_str("\n\n");
+                        }
+                        role => {
+                            let role = if role == "assistant" { "model" } else { "user" };
+                            prompt.push_str(&format!(
+                                "<start_of_turn>{role}\n{}{}<end_of_turn>\n",
+                                std::mem::take(&mut pending_system),
+                                message.content.trim()
+                            ));
+                        }
+                    }
+                }
+                prompt.push_str("<start_of_turn>model\n");
+                return Ok(prompt);
+            }
+            for message in messages {
+                prompt.push_str(&format!(
+                    "<|im_start|>{}\n{}<|im_end|>\n",
+                    message.role, message.content
+                ));
+            }
+            prompt.push_str("<|im_start|>assistant\n");
+            return Ok(prompt);
+        };
+        let mut env = minijinja::Environment::new();
+        env.add_function(
+            "raise_exception",
+            |message: String| -> Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(
+                    minijinja::ErrorKind::InvalidOperation,
+                    message,
+                ))
+            },
+        );
+        env.add_template("chat", template)
+            .map_err(|e| LlmError::Template(e.to_string()))?;
+        let rendered = env
+            .get_template("chat")
+            .and_then(|t| {
+                t.render(minijinja::context! {
+                    messages => minijinja::Value::from(minijinja::value::Serde(messages)),
+                    add_generation_prompt => true,
+                    bos_token => self.bos.clone().unwrap_or_default(),
+                    eos_token => self.eos.clone().unwrap_or_default(),
+                })
+            })
+            .map_err(|e| LlmError::Template(e.to_string()))?;
+        Ok(rendered)
+    }
+}
+
 /// Opens a GGUF file and reads its header: the model's description, checked to be runnable.
 fn open(path: &Path) -> Result<(std::fs::File, gguf_file::Content, ModelInfo), LlmError> {
+    let (file, content, info) = read_header(path)?;
+    if !ARCHITECTURES.contains(&info.architecture.as_str()) {
+        return Err(LlmError::Corrupt {
+            path: path.to_owned(),
+            reason: format!(
+                "architecture {:?}: the in-process candle backend runs {}; build with \
+                 `--features llama-cpp`, or serve it with llama.cpp or Ollama and add that server \
+                 as an adapter",
+                info.architecture,
+                ARCHITECTURES.join(", ")
+            ),
+        });
+    }
+    Ok((file, content, info))
+}
+
+/// Opens a GGUF file and reads its header (any architecture).
+pub(crate) fn read_header(
+    path: &Path,
+) -> Result<(std::fs::File, gguf_file::Content, ModelInfo), LlmError> {
     let corrupt = |reason: String| LlmError::Corrupt {
         path: path.to_owned(),
         reason,
@@ -469,13 +510,6 @@ fn open(path: &Path) -> Result<(std::fs::File, gguf_file::Content, ModelInfo), L
     let file_bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
     let content = gguf_file::Content::read(&mut file).map_err(|e| corrupt(e.to_string()))?;
     let architecture = meta_str(&content, "general.architecture").unwrap_or_default();
-    if !ARCHITECTURES.contains(&architecture.as_str()) {
-        return Err(corrupt(format!(
-            "architecture {architecture:?}: the in-process backend runs {}; serve it with \
-             llama.cpp or Ollama and add that server as an adapter",
-            ARCHITECTURES.join(", ")
-        )));
-    }
     let context_length =
         meta_u32(&content, &format!("{architecture}.context_length")).map_or(2048, |n| n as usize);
     let parameters: u64 = content

@@ -91,6 +91,9 @@ pub struct ModelsSection {
     /// GGUF chat model: "" (none, the default), "auto" or "smollm2" (SmolLM2-135M from the model
     /// cache that `scripts/fetch-models` fills), "gemma3" (Gemma 3 270M, same cache) or a path.
     pub llm: String,
+    /// Engine for the chat model: "auto" (llama.cpp when the build has it, else candle),
+    /// "candle" or "llama.cpp".
+    pub engine: String,
     /// MiniLM embeddings: "", "auto" or a directory with model.safetensors, tokenizer.json,
     /// config.json.
     pub embeddings: String,
@@ -108,6 +111,7 @@ impl Default for ModelsSection {
     fn default() -> Self {
         Self {
             llm: String::new(),
+            engine: "auto".into(),
             embeddings: String::new(),
             warmup: true,
             servers: Vec::new(),
@@ -336,6 +340,7 @@ token_ttl = "24h"
 [models]
 llm = ""          # "auto"/"smollm2": SmolLM2-135M, "gemma3": Gemma 3 270M (both from the model
                   # cache that scripts/fetch-models fills); or a GGUF path
+engine = "auto"   # "auto": llama.cpp when built with `--features llama-cpp`, else "candle"
 embeddings = ""   # "auto": all-MiniLM-L6-v2 from the model cache; or a directory
 warmup = true     # measure tokens/s at start so the mesh knows it before the first request
 health_interval = "5s"  # how often model servers are checked; a failing one is marked degraded

@@ -84,6 +84,7 @@ pub async fn run(
     let mut mesh_config = config.mesh_config(generation)?;
     let models = Arc::new(crate::models::LocalModels::configure(
         &config.models.llm,
+        &config.models.engine,
         &config.models.embeddings,
     )?);
     let servers = Arc::new(ModelServers::from_config(&config.models.servers)?);

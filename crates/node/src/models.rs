@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use atmosphere_backends::models::{MINILM_DIR, cache_dir, gemma3_path, smollm2_path};
 use atmosphere_backends::{
-    ChatMessage, EmbedError, Embedder, GenerateOptions, Generation, GgufModel, LlmError, ModelInfo,
+    ChatMessage, ChatModel, EmbedError, Embedder, Engine, GenerateOptions, Generation, LlmError,
+    ModelInfo,
 };
 use atmosphere_proto::record::size_tier;
 use atmosphere_proto::{Capability, ModelAdvert, ModelKind};
@@ -30,6 +31,8 @@ pub enum ModelError {
     Embed(#[from] EmbedError),
     #[error("the model task failed: {0}")]
     Task(String),
+    #[error("[models] engine: {0}")]
+    Engine(String),
 }
 
 /// Resolves a config value: "" → none, "auto" → the default file in the model cache, else a path.
@@ -58,7 +61,8 @@ pub const MINILM_NAME: &str = "all-minilm-l6-v2";
 pub struct LocalModels {
     llm_path: Option<PathBuf>,
     llm_info: Option<ModelInfo>,
-    llm: Mutex<Option<GgufModel>>,
+    engine: Option<Engine>,
+    llm: Mutex<Option<ChatModel>>,
     embed_dir: Option<PathBuf>,
     embedder: OnceLock<Embedder>,
     /// Decode speed measured on this node (moving average over generations).
@@ -67,10 +71,11 @@ pub struct LocalModels {
 
 impl LocalModels {
     /// Checks the configured files (headers only) so the node can advertise what it serves.
-    pub fn configure(llm: &str, embeddings: &str) -> Result<Self, ModelError> {
+    pub fn configure(llm: &str, engine: &str, embeddings: &str) -> Result<Self, ModelError> {
+        let engine = Engine::parse(engine).map_err(ModelError::Engine)?;
         let llm_path = resolve_llm(llm);
         let llm_info = match &llm_path {
-            Some(path) => Some(GgufModel::inspect(path)?),
+            Some(path) => Some(ChatModel::inspect(engine, path)?),
             None => None,
         };
         let embed_dir = resolve(embeddings, || cache_dir().join(MINILM_DIR));
@@ -88,6 +93,7 @@ impl LocalModels {
             }
         }
         Ok(Self {
+            engine: llm_path.as_ref().map(|_| engine),
             llm_path,
             llm_info,
             embed_dir,
@@ -125,7 +131,7 @@ impl LocalModels {
                     .or_else(|| size_tier(info.parameters)),
                 quantization: Some(info.quantization.clone()),
                 context_length: u32::try_from(info.context_length).unwrap_or(u32::MAX),
-                backend: "candle".into(),
+                backend: self.engine.unwrap_or(Engine::Candle).name().into(),
                 tokens_per_second: *self
                     .tokens_per_second
                     .lock()
@@ -166,6 +172,11 @@ impl LocalModels {
         });
     }
 
+    /// The engine that runs the chat model, if the node serves one.
+    pub fn engine(&self) -> Option<Engine> {
+        self.engine
+    }
+
     pub fn llm_info(&self) -> Option<&ModelInfo> {
         self.llm_info.as_ref()
     }
@@ -181,9 +192,10 @@ impl LocalModels {
         on_token: impl FnMut(&str),
     ) -> Result<Generation, ModelError> {
         let path = self.llm_path.as_deref().ok_or(ModelError::NoLlm)?;
+        let engine = self.engine.unwrap_or(Engine::Candle);
         let mut slot = self.llm.lock().unwrap_or_else(|e| e.into_inner());
         if slot.is_none() {
-            *slot = Some(GgufModel::load(path)?);
+            *slot = Some(ChatModel::load(engine, path)?);
         }
         let model = slot.as_mut().ok_or(ModelError::NoLlm)?;
         let generation = model.chat(messages, options, on_token)?;

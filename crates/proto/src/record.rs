@@ -122,7 +122,7 @@ pub struct ModelAdvert {
     pub size: Option<String>,
     pub quantization: Option<String>,
     pub context_length: u32,
-    /// What runs it: "candle" (in process), "ollama", "llamafarm", "openai".
+    /// What runs it: "candle" or "llama.cpp" (in process), "ollama", "llamafarm", "openai".
     pub backend: String,
     /// Measured decode speed on this node, once it has generated.
     pub tokens_per_second: Option<f32>,

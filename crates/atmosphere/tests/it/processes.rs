@@ -182,7 +182,7 @@ async fn a_node_serves_its_real_models_over_the_openai_api_and_advertises_them()
                 && chat.size.as_deref() == Some("135M")
                 && chat.quantization.as_deref() == Some("Q4_1")
                 && chat.context_length == 8192
-                && chat.backend == "candle"
+                && chat.backend == atmosphere_backends::Engine::best().name()
                 && chat.tokens_per_second.is_some_and(|t| t > 1.0))
             .then_some(())
         },

@@ -3,4 +3,6 @@
 mod adapters;
 mod embeddings;
 mod llama_server;
+#[cfg(feature = "llama-cpp")]
+mod llamacpp;
 mod llm;
