@@ -33,6 +33,8 @@ pub enum AdapterError {
         server: &'static str,
         reason: String,
     },
+    #[error("{server} has no {what}")]
+    Unsupported { server: &'static str, what: String },
 }
 
 /// Which server an adapter talks to.
@@ -70,6 +72,19 @@ pub struct ServerModel {
     pub family: Option<String>,
     pub parameters: Option<u64>,
     pub quantization: Option<String>,
+}
+
+/// One passage a RAG query found (LlamaFarm's `QueryResult`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RagHit {
+    pub content: String,
+    pub score: f32,
+    #[serde(default)]
+    pub metadata: Value,
+    #[serde(default)]
+    pub chunk_id: Option<String>,
+    #[serde(default)]
+    pub document_id: Option<String>,
 }
 
 /// "7.6B" → 7_600_000_000, "135M" → 135_000_000.
@@ -475,6 +490,67 @@ impl Adapter {
                 }
                 Ok(false)
             }
+        }
+    }
+
+    /// LlamaFarm: the projects of `namespace` (`GET /v1/projects/{namespace}` →
+    /// `projects[].name`; a bare array of projects is accepted too, its API moves).
+    pub async fn projects(&self, namespace: &str) -> Result<Vec<String>, AdapterError> {
+        self.require(Kind::LlamaFarm, "projects")?;
+        let value = self
+            .get(format!("{}/v1/projects/{namespace}", self.base))
+            .await?;
+        let list = value
+            .get("projects")
+            .unwrap_or(&value)
+            .as_array()
+            .ok_or_else(|| self.garbage("no `projects` array"))?;
+        list.iter()
+            .map(|p| {
+                p["name"]
+                    .as_str()
+                    .map(str::to_owned)
+                    .ok_or_else(|| self.garbage("a project without `name`"))
+            })
+            .collect()
+    }
+
+    /// LlamaFarm: semantic search in the project's RAG database
+    /// (`POST /v1/projects/{ns}/{project}/rag/query` `{query, database?, top_k}` →
+    /// `results[] {content, score, metadata, chunk_id, document_id}`).
+    pub async fn rag_query(
+        &self,
+        query: &str,
+        database: Option<&str>,
+        top_k: usize,
+    ) -> Result<Vec<RagHit>, AdapterError> {
+        self.require(Kind::LlamaFarm, "RAG queries")?;
+        let project = self
+            .project
+            .as_deref()
+            .ok_or_else(|| self.garbage("no project configured"))?;
+        let mut body = json!({"query": query, "top_k": top_k});
+        if let Some(database) = database {
+            body["database"] = json!(database);
+        }
+        let value = self
+            .post(
+                format!("{}/v1/projects/{project}/rag/query", self.base),
+                &body,
+            )
+            .await?;
+        serde_json::from_value(value["results"].clone())
+            .map_err(|e| self.garbage(format!("results: {e}")))
+    }
+
+    fn require(&self, kind: Kind, what: &str) -> Result<(), AdapterError> {
+        if self.kind == kind {
+            Ok(())
+        } else {
+            Err(AdapterError::Unsupported {
+                server: self.kind.label(),
+                what: what.to_owned(),
+            })
         }
     }
 

@@ -2,7 +2,9 @@
 //! answering with the real in-process models (no canned text), plus broken servers.
 //! Ollama API: https://github.com/ollama/ollama/blob/main/docs/api.md (`/api/chat`,
 //! `/api/embed`, `/api/tags`, `/api/version`). LlamaFarm: `GET /health`,
-//! `POST /v1/projects/{ns}/{project}/chat/completions` (OpenAI-shaped), Universal Runtime
+//! `POST /v1/projects/{ns}/{project}/chat/completions` (OpenAI-shaped),
+//! `GET /v1/projects/{ns}`, `POST /v1/projects/{ns}/{project}/rag/query` (`QueryRequest` →
+//! `QueryResponse` in its server's `api/routers/rag/rag_query.py`), Universal Runtime
 //! `POST /v1/embeddings` (OpenAI-shaped).
 
 use std::sync::{Arc, Mutex};
@@ -179,9 +181,46 @@ fn ollama_server(models: Models) -> Router {
         .with_state(models)
 }
 
+/// The test project's RAG database: passages searched with real MiniLM embeddings.
+const PASSAGES: [&str; 4] = [
+    "Cameras must record only inside the house and keep footage for at most 30 days.",
+    "The garage door opener is paired with the hub in the hallway.",
+    "Guests get a separate Wi-Fi network without access to the smart devices.",
+    "The thermostat keeps 19 degrees at night and 21 degrees during the day.",
+];
+
 fn llamafarm_server(models: Models) -> Router {
     Router::new()
         .route("/health", get(|| async { Json(json!({"status": "healthy"})) }))
+        .route(
+            "/v1/projects/{ns}",
+            get(|axum::extract::Path(ns): axum::extract::Path<String>| async move {
+                Json(json!({"total": 1, "projects": [{"namespace": ns, "name": "home"}]}))
+            }),
+        )
+        .route(
+            "/v1/projects/{ns}/{project}/rag/query",
+            post(|State(m): State<Models>, Json(body): Json<Value>| async move {
+                let query = body["query"].as_str().unwrap().to_owned();
+                let top_k = body["top_k"].as_u64().unwrap() as usize;
+                let mut texts = vec![query.as_str()];
+                texts.extend(PASSAGES);
+                let vectors = m.embedder.embed_batch(&texts).unwrap();
+                let mut results: Vec<Value> = PASSAGES
+                    .iter()
+                    .enumerate()
+                    .map(|(i, text)| {
+                        let score: f32 = vectors[0].iter().zip(&vectors[i + 1]).map(|(a, b)| a * b).sum();
+                        json!({"content": text, "score": score, "metadata": {"source": "policy.md"},
+                               "chunk_id": format!("c{i}"), "document_id": "policy"})
+                    })
+                    .collect();
+                results.sort_by(|a, b| b["score"].as_f64().partial_cmp(&a["score"].as_f64()).unwrap());
+                results.truncate(top_k);
+                Json(json!({"query": query, "total_results": results.len(), "results": results,
+                            "retrieval_strategy_used": "basic_search", "database_used": body["database"]}))
+            }),
+        )
         .route("/v1/models", get(|| async { Json(json!({"object": "list", "data": [{"id": "smollm2"}]})) }))
         .route(
             "/v1/projects/{ns}/{project}/chat/completions",
@@ -312,6 +351,24 @@ async fn llamafarm_adapter_uses_projects_and_the_universal_runtime() {
         .unwrap();
     let cosine: f32 = vectors[0].iter().zip(&direct).map(|(a, b)| a * b).sum();
     assert!(cosine > 0.999, "{cosine}");
+
+    assert_eq!(farm.projects("default").await.unwrap(), ["home"]);
+    let hits = farm
+        .rag_query(
+            "What does the policy say about cameras?",
+            Some("policies"),
+            2,
+        )
+        .await
+        .unwrap();
+    assert_eq!(hits.len(), 2);
+    assert!(hits[0].content.starts_with("Cameras"), "{hits:?}");
+    assert!(hits[0].score > hits[1].score);
+    assert_eq!(hits[0].chunk_id.as_deref(), Some("c0"));
+    // Other servers have no RAG endpoint: a clear error, no request sent.
+    let ollama = Adapter::ollama("http://127.0.0.1:9", Duration::from_secs(1)).unwrap();
+    let err = ollama.rag_query("cameras", None, 2).await.unwrap_err();
+    assert!(err.to_string().contains("has no RAG queries"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
