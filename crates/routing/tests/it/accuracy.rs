@@ -1,0 +1,99 @@
+//! Routing accuracy on the project's labelled intent set (`eval/intents.jsonl`, written for this
+//! project and never used as descriptor examples), with the built-in descriptors and MiniLM.
+
+use atmosphere_backends::Embedder;
+use atmosphere_backends::models::{MINILM_DIR, cache_dir};
+use atmosphere_routing::eval::{Report, parse_jsonl};
+use atmosphere_routing::{Classifier, Params, builtin};
+
+fn classifier(embedder: &Embedder, params: Params) -> Classifier {
+    let catalog: Vec<_> = builtin()
+        .iter()
+        .map(|descriptor| {
+            let texts = descriptor.texts();
+            let vectors = embedder.embed_batch(&texts).unwrap();
+            let texts: Vec<String> = texts.iter().map(|t| (*t).to_owned()).collect();
+            (descriptor.embedded(&vectors), texts)
+        })
+        .collect();
+    Classifier::new(&catalog, params)
+}
+
+fn score_file(embedder: &Embedder, classifier: &Classifier, file: &str) -> Report {
+    let rows = parse_jsonl(&std::fs::read_to_string(file).unwrap()).unwrap();
+    let texts: Vec<&str> = rows.iter().map(|r| r.text.as_str()).collect();
+    let mut predicted = Vec::new();
+    for chunk in texts.chunks(64) {
+        for vector in embedder.embed_batch(chunk).unwrap() {
+            predicted.push(classifier.classify(&vector).capability);
+        }
+    }
+    let pairs: Vec<(&str, &str)> = rows
+        .iter()
+        .zip(&predicted)
+        .map(|(row, p)| (row.capability.as_str(), p.as_str()))
+        .collect();
+    if std::env::var_os("ROUTING_MISSES").is_some() {
+        for (row, p) in rows.iter().zip(&predicted) {
+            if &row.capability != p {
+                eprintln!("MISS {:<13} -> {:<13} {}", row.capability, p, row.text);
+            }
+        }
+    }
+    Report::new(pairs)
+}
+
+#[test]
+fn the_labelled_intent_set_routes_with_at_least_95_percent_accuracy() {
+    let embedder = Embedder::load(&cache_dir().join(MINILM_DIR)).unwrap_or_else(|e| panic!("{e}"));
+    // Tuning knobs for a sweep by hand; the test asserts on the defaults.
+    let mut params = Params::default();
+    if let Some(t) = std::env::var("ROUTING_THRESHOLD")
+        .ok()
+        .and_then(|t| t.parse().ok())
+    {
+        params.threshold = t;
+    }
+    if let Some(w) = std::env::var("ROUTING_CENTROID")
+        .ok()
+        .and_then(|w| w.parse().ok())
+    {
+        params.centroid_weight = w;
+    }
+    if let Some(h) = std::env::var("ROUTING_HEAD")
+        .ok()
+        .and_then(|h| h.parse().ok())
+    {
+        params.head_weight = h;
+    }
+    if let Some(k) = std::env::var("ROUTING_TOP_K")
+        .ok()
+        .and_then(|k| k.parse().ok())
+    {
+        params.top_k = k;
+    }
+    let classifier = classifier(&embedder, params);
+    let file = concat!(env!("CARGO_MANIFEST_DIR"), "/eval/intents.jsonl");
+    let report = score_file(&embedder, &classifier, file);
+    eprintln!("{report}");
+    // The external development set, when this checkout sits beside it (tuning only).
+    let dev = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../../shared/eval/intents_dev.jsonl"
+    );
+    if std::path::Path::new(dev).is_file() {
+        let text = std::fs::read_to_string(dev)
+            .unwrap()
+            .replace("\"other\"", "\"out-of-scope\"");
+        let tmp = std::env::temp_dir().join(format!("atmosphere-dev-{}.jsonl", std::process::id()));
+        std::fs::write(&tmp, text).unwrap();
+        eprintln!(
+            "development set:\n{}",
+            score_file(&embedder, &classifier, tmp.to_str().unwrap())
+        );
+        let _ = std::fs::remove_file(&tmp);
+    }
+    assert!(report.total >= 300, "{} intents", report.total);
+    assert_eq!(report.per_class.len(), 9, "every class is labelled");
+    assert!(report.accuracy() >= 0.95, "{report}");
+}
