@@ -165,6 +165,24 @@ pub struct EchoResult {
     pub elapsed_us: u64,
 }
 
+/// The answer to [`Mesh::work`]: the service's reply, the path it took, the round trip.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkResult {
+    pub path: Vec<NodeId>,
+    pub payload: Vec<u8>,
+    pub elapsed_us: u64,
+}
+
+/// How long a hop waits for a routed request: work carries its own bound.
+fn work_timeout(body: &RoutedBody, default: Duration) -> Duration {
+    match body {
+        RoutedBody::Work { timeout_ms, .. } => {
+            default.max(Duration::from_millis(u64::from(*timeout_ms)))
+        }
+        RoutedBody::Echo { .. } => default,
+    }
+}
+
 /// Optional channels a node connects to the mesh actor.
 #[derive(Debug, Default)]
 pub struct Hooks {
@@ -209,6 +227,11 @@ enum Command {
         dest: NodeId,
         payload: Vec<u8>,
         reply_tx: oneshot::Sender<Result<EchoResult, MeshError>>,
+    },
+    Work {
+        dest: NodeId,
+        body: RoutedBody,
+        reply_tx: oneshot::Sender<Result<WorkResult, MeshError>>,
     },
     AddPeer(PeerAddr),
     SetCapabilities(Vec<Capability>),
@@ -357,6 +380,28 @@ impl Mesh {
         self.ask(|reply_tx| Command::Echo {
             dest,
             payload,
+            reply_tx,
+        })
+        .await?
+    }
+
+    /// Sends work of `kind` to `dest` (this node included) along the gradient table and waits
+    /// for its service's reply; the outcome feeds the table's costs.
+    pub async fn work(
+        &self,
+        dest: NodeId,
+        kind: &str,
+        payload: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<WorkResult, MeshError> {
+        let body = RoutedBody::Work {
+            kind: kind.to_owned(),
+            payload,
+            timeout_ms: u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX),
+        };
+        self.ask(|reply_tx| Command::Work {
+            dest,
+            body,
             reply_tx,
         })
         .await?
@@ -707,21 +752,7 @@ impl<T: Transport> Actor<T> {
             request @ (Request::Join { .. }
             | Request::Renew { .. }
             | Request::SignConfig { .. }) => {
-                let Some(app_tx) = self.app_tx.clone() else {
-                    let _ = reply_tx.send(Response::Error {
-                        code: ErrorCode::Unauthorized,
-                        message: "this node does not admit members".into(),
-                    });
-                    return;
-                };
-                let incoming = Incoming {
-                    from,
-                    request,
-                    reply_tx,
-                };
-                self.tasks.spawn(async move {
-                    let _ = app_tx.send(incoming).await;
-                });
+                self.to_app(from, request, reply_tx);
                 return;
             }
             Request::Control(Control::Disconnect) => {
@@ -736,6 +767,16 @@ impl<T: Transport> Actor<T> {
             } => {
                 path.push(self.membership.self_id());
                 if dest == self.membership.self_id() {
+                    if let RoutedBody::Work { .. } = body {
+                        let request = Request::Routed {
+                            dest,
+                            ttl,
+                            path,
+                            body,
+                        };
+                        self.to_app(from, request, reply_tx);
+                        return;
+                    }
                     answer_locally(path, body)
                 } else if ttl == 0 {
                     Response::Error {
@@ -748,6 +789,25 @@ impl<T: Transport> Actor<T> {
             }
         };
         let _ = reply_tx.send(response);
+    }
+
+    /// Hands a request the mesh does not answer itself to the node's services.
+    fn to_app(&mut self, from: NodeId, request: Request, reply_tx: oneshot::Sender<Response>) {
+        let Some(app_tx) = self.app_tx.clone() else {
+            let _ = reply_tx.send(Response::Error {
+                code: ErrorCode::Unauthorized,
+                message: "this node runs no services for that request".into(),
+            });
+            return;
+        };
+        let incoming = Incoming {
+            from,
+            request,
+            reply_tx,
+        };
+        self.tasks.spawn(async move {
+            let _ = app_tx.send(incoming).await;
+        });
     }
 
     fn isolate(&mut self) {
@@ -775,7 +835,7 @@ impl<T: Transport> Actor<T> {
         };
         let transport = self.transport.clone();
         let internal_tx = self.internal_tx.clone();
-        let timeout = self.config.request_timeout;
+        let timeout = work_timeout(&body, self.config.request_timeout);
         let inflight = self.inflight.clone();
         self.tasks.spawn(async move {
             inflight.fetch_add(1, Ordering::Relaxed);
@@ -845,6 +905,11 @@ impl<T: Transport> Actor<T> {
                 payload,
                 reply_tx,
             } => self.echo(dest, payload, reply_tx),
+            Command::Work {
+                dest,
+                body,
+                reply_tx,
+            } => self.work(dest, body, reply_tx),
             Command::AddPeer(peer) => self.add_seed(peer),
             Command::Call {
                 peer,
@@ -914,6 +979,68 @@ impl<T: Transport> Actor<T> {
                 });
             }
         }
+    }
+
+    /// Runs `body` on `dest`: this node's own services directly, else along the gradient table.
+    fn work(
+        &mut self,
+        dest: NodeId,
+        body: RoutedBody,
+        reply_tx: oneshot::Sender<Result<WorkResult, MeshError>>,
+    ) {
+        let self_id = self.membership.self_id();
+        let timeout = work_timeout(&body, self.config.request_timeout);
+        let internal_tx = self.internal_tx.clone();
+        let started = Instant::now();
+        if dest == self_id {
+            let (tx, rx) = oneshot::channel();
+            let request = Request::Routed {
+                dest,
+                ttl: 0,
+                path: vec![self_id],
+                body,
+            };
+            self.to_app(self_id, request, tx);
+            self.tasks.spawn(async move {
+                let result = match tokio::time::timeout(timeout, rx).await {
+                    Ok(Ok(response)) => work_reply(response, started),
+                    Ok(Err(_)) => Err(MeshError::Stopped),
+                    Err(_) => Err(MeshError::Remote {
+                        code: ErrorCode::Internal,
+                        message: format!("no answer within {timeout:?}"),
+                    }),
+                };
+                let _ = reply_tx.send(result);
+            });
+            return;
+        }
+        let Some((next_hop, _)) = self.gradient.next_hop(&dest) else {
+            let _ = reply_tx.send(Err(MeshError::NoRoute(self.node_name(&dest))));
+            return;
+        };
+        let transport = self.transport.clone();
+        let inflight = self.inflight.clone();
+        self.tasks.spawn(async move {
+            inflight.fetch_add(1, Ordering::Relaxed);
+            let request = Request::Routed {
+                dest,
+                ttl: MAX_HOPS,
+                path: vec![self_id],
+                body,
+            };
+            let result = match transport.call(next_hop, &request, timeout).await {
+                Ok(response) => work_reply(response, started),
+                Err(e) => Err(MeshError::Transport(e)),
+            };
+            inflight.fetch_sub(1, Ordering::Relaxed);
+            let _ = internal_tx
+                .send(Internal::Outcome {
+                    provider: dest,
+                    success: result.is_ok(),
+                })
+                .await;
+            let _ = reply_tx.send(result);
+        });
     }
 
     fn echo(
@@ -1069,11 +1196,31 @@ impl SelfCheck for crate::membership::NodeView<'_> {
     }
 }
 
+fn work_reply(response: Response, started: Instant) -> Result<WorkResult, MeshError> {
+    match response {
+        Response::Routed {
+            path,
+            reply: RoutedReply::Work { payload },
+        } => Ok(WorkResult {
+            path,
+            payload,
+            elapsed_us: started.elapsed().as_micros().try_into().unwrap_or(u64::MAX),
+        }),
+        Response::Error { code, message } => Err(MeshError::Remote { code, message }),
+        other => Err(MeshError::Protocol(describe(&other))),
+    }
+}
+
 fn answer_locally(path: Vec<NodeId>, body: RoutedBody) -> Response {
     match body {
         RoutedBody::Echo { payload } => Response::Routed {
             path,
             reply: RoutedReply::Echo { payload },
+        },
+        // Work goes to the node's services before this point.
+        RoutedBody::Work { kind, .. } => Response::Error {
+            code: ErrorCode::BadRequest,
+            message: format!("no service for {kind:?} work here"),
         },
     }
 }

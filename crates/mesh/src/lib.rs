@@ -13,6 +13,7 @@ pub mod transport;
 
 pub use driver::{
     EchoResult, Hooks, Mesh, MeshConfig, MeshError, MeshStatus, NodeInfo, RouteInfo, ValueChanged,
+    WorkResult,
 };
 pub use membership::Status;
 pub use peer::PeerAddr;

@@ -41,12 +41,26 @@ pub enum Request {
 pub enum RoutedBody {
     /// Reply with the same bytes: proves a route works end to end and measures it.
     Echo { payload: Vec<u8> },
+    /// Work for the destination node's services (an intent, a tool call, …): `kind` names the
+    /// service, `payload` is its request; relays pass it on without reading it. `timeout_ms`
+    /// bounds each hop's wait (model work takes longer than mesh chatter).
+    Work {
+        kind: String,
+        payload: Vec<u8>,
+        timeout_ms: u32,
+    },
 }
 
 /// A routed request's answer from its destination.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RoutedReply {
-    Echo { payload: Vec<u8> },
+    Echo {
+        payload: Vec<u8>,
+    },
+    /// The service's answer to [`RoutedBody::Work`].
+    Work {
+        payload: Vec<u8>,
+    },
 }
 
 /// Steering commands a node accepts from an admitted peer.

@@ -4,11 +4,13 @@
 //! for each decision. Embedding is the caller's job (MiniLM, 384 dimensions, unit length).
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod choose;
 pub mod classify;
 pub mod descriptor;
 pub mod eval;
 pub mod vector;
 
+pub use choose::{Candidate, Complexity, Ranked, complexity_descriptors, rank};
 pub use classify::{Classification, Classifier, Params, Scored};
 pub use descriptor::{Descriptor, EmbeddedDescriptor, builtin};
 pub use vector::QVec;

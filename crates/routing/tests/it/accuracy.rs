@@ -4,7 +4,7 @@
 use atmosphere_backends::Embedder;
 use atmosphere_backends::models::{MINILM_DIR, cache_dir};
 use atmosphere_routing::eval::{Report, parse_jsonl};
-use atmosphere_routing::{Classifier, Params, builtin};
+use atmosphere_routing::{Classifier, Complexity, Params, builtin, complexity_descriptors};
 
 fn classifier(embedder: &Embedder, params: Params) -> Classifier {
     let catalog: Vec<_> = builtin()
@@ -96,4 +96,34 @@ fn the_labelled_intent_set_routes_with_at_least_95_percent_accuracy() {
     assert!(report.total >= 300, "{} intents", report.total);
     assert_eq!(report.per_class.len(), 9, "every class is labelled");
     assert!(report.accuracy() >= 0.95, "{report}");
+}
+
+#[test]
+fn complexity_comes_from_the_intent_not_from_keywords() {
+    let embedder = Embedder::load(&cache_dir().join(MINILM_DIR)).unwrap_or_else(|e| panic!("{e}"));
+    let [demanding, quick] = complexity_descriptors();
+    let embed =
+        |d: &atmosphere_routing::Descriptor| d.embedded(&embedder.embed_batch(&d.texts()).unwrap());
+    let complexity = Complexity::new(&embed(&demanding), &embed(&quick));
+    let of = |text: &str| {
+        let vector = embedder.embed(text).unwrap();
+        complexity.of(&vector, text.split_whitespace().count())
+    };
+    // The spec's demo step 3, and requests written for this test (none are descriptor examples).
+    for text in [
+        "Analyze the security implications of our network topology",
+        "Compare the long-term costs of leasing versus buying our solar panels, with the risks",
+        "Work out a step-by-step plan to move the family photos to a new NAS without losing any",
+        "What are the weaknesses of storing all our passwords in one shared spreadsheet?",
+    ] {
+        assert!(of(text) > 0.5, "{text}: {}", of(text));
+    }
+    for text in [
+        "What's 2+2?",
+        "hi there",
+        "what's the capital of spain",
+        "how many days in a week",
+    ] {
+        assert!(of(text) < 0.5, "{text}: {}", of(text));
+    }
 }
