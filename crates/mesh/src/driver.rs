@@ -752,7 +752,7 @@ impl<T: Transport> Actor<T> {
             request @ (Request::Join { .. }
             | Request::Renew { .. }
             | Request::SignConfig { .. }) => {
-                self.to_app(from, request, reply_tx);
+                self.hand_to_app(from, request, reply_tx);
                 return;
             }
             Request::Control(Control::Disconnect) => {
@@ -774,7 +774,7 @@ impl<T: Transport> Actor<T> {
                             path,
                             body,
                         };
-                        self.to_app(from, request, reply_tx);
+                        self.hand_to_app(from, request, reply_tx);
                         return;
                     }
                     answer_locally(path, body)
@@ -792,7 +792,7 @@ impl<T: Transport> Actor<T> {
     }
 
     /// Hands a request the mesh does not answer itself to the node's services.
-    fn to_app(&mut self, from: NodeId, request: Request, reply_tx: oneshot::Sender<Response>) {
+    fn hand_to_app(&mut self, from: NodeId, request: Request, reply_tx: oneshot::Sender<Response>) {
         let Some(app_tx) = self.app_tx.clone() else {
             let _ = reply_tx.send(Response::Error {
                 code: ErrorCode::Unauthorized,
@@ -1000,7 +1000,7 @@ impl<T: Transport> Actor<T> {
                 path: vec![self_id],
                 body,
             };
-            self.to_app(self_id, request, tx);
+            self.hand_to_app(self_id, request, tx);
             self.tasks.spawn(async move {
                 let result = match tokio::time::timeout(timeout, rx).await {
                     Ok(Ok(response)) => work_reply(response, started),
