@@ -74,7 +74,7 @@ impl Complexity {
         let best = |vectors: &[crate::QVec]| {
             let mut sims: Vec<f32> = vectors.iter().map(|v| v.dot(intent)).collect();
             sims.sort_by(|a, b| b.total_cmp(a));
-            let k = sims.len().min(3).max(1);
+            let k = sims.len().clamp(1, 3);
             sims.iter().take(k).sum::<f32>() / k as f32
         };
         let margin = best(&self.demanding) - best(&self.quick);
