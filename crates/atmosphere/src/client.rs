@@ -204,4 +204,19 @@ impl Client {
         };
         self.get(&format!("/v1/configs/{namespace}/{name}")).await
     }
+
+    pub async fn intent(
+        &self,
+        request: &atmosphere_node::intent::IntentRequest,
+    ) -> Result<atmosphere_node::intent::IntentOutcome> {
+        self.post("/v1/intent", request).await
+    }
+
+    pub async fn route(
+        &self,
+        texts: Vec<String>,
+    ) -> Result<Vec<atmosphere_node::intent::RouteDecision>> {
+        self.post("/v1/route", &atmosphere_node::api::RouteBatch { texts })
+            .await
+    }
 }

@@ -70,6 +70,25 @@ enum Command {
     /// Start a three-node home mesh on this machine (Mac-Studio, Dell-Server, Garage-Pi), wait for
     /// it to converge over mDNS and show its status.
     Demo(demo::DemoArgs),
+    /// Say what you want: the mesh finds the capability and the node, runs it there and answers
+    /// (`→ Routed to: NODE (capability, N hops)`, `← Result: …`; --json gives the whole trace).
+    Intent {
+        text: String,
+        /// Decide the route and show it; run nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Longest answer, in tokens.
+        #[arg(long)]
+        max_tokens: Option<usize>,
+    },
+    /// Route intents without running them: one per line on stdin, one JSON line per intent out
+    /// (`text`, `capability`, `class`, `node`, `score`, `fallback`), using this node's live catalog.
+    Route {
+        /// Score a labelled set instead (JSON lines with `text` and `capability`): accuracy per
+        /// capability and the confusion matrix.
+        #[arg(long, value_name = "FILE")]
+        eval: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -347,10 +366,67 @@ async fn dispatch(cli: Cli) -> Result<()> {
             render::output(json, &version, |v| v.text.clone())
         }
         Command::Demo(args) => demo::run(args, json).await,
+        Command::Intent {
+            text,
+            dry_run,
+            max_tokens,
+        } => {
+            let outcome = client
+                .intent(&atmosphere_node::intent::IntentRequest {
+                    text,
+                    dry_run,
+                    max_tokens,
+                })
+                .await?;
+            render::output(json, &outcome, render::intent)
+        }
+        Command::Route { eval } => route(&client, eval, json).await,
         Command::Llm(command) => tokio::task::spawn_blocking(move || llm::run(command, json))
             .await
             .context("the model task failed")?,
     }
+}
+
+/// `atmosphere route`: stdin lines → JSON lines, or a labelled file → accuracy report.
+async fn route(client: &Client, eval: Option<PathBuf>, json: bool) -> Result<()> {
+    use std::io::BufRead;
+    if let Some(path) = eval {
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let rows = atmosphere_routing::eval::parse_jsonl(&text)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let mut decisions = Vec::with_capacity(rows.len());
+        for chunk in rows.chunks(200) {
+            let texts = chunk.iter().map(|r| r.text.clone()).collect();
+            decisions.extend(client.route(texts).await?);
+        }
+        let report = atmosphere_routing::eval::Report::new(
+            rows.iter()
+                .zip(&decisions)
+                .map(|(row, d)| (row.capability.as_str(), d.class_label())),
+        );
+        return render::output(json, &report, |r| r.to_string());
+    }
+    let lines: Vec<String> = std::io::stdin()
+        .lock()
+        .lines()
+        .collect::<Result<_, _>>()
+        .context("reading stdin")?;
+    let lines: Vec<String> = lines.into_iter().filter(|l| !l.trim().is_empty()).collect();
+    for chunk in lines.chunks(200) {
+        for decision in client.route(chunk.to_vec()).await? {
+            let line = serde_json::json!({
+                "text": decision.text,
+                "capability": decision.capability,
+                "class": decision.class_label(),
+                "node": decision.chosen().map(|c| c.candidate.node.clone()),
+                "score": decision.score,
+                "fallback": decision.fallback,
+            });
+            println!("{line}");
+        }
+    }
+    Ok(())
 }
 
 fn init_logging() {

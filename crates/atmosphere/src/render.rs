@@ -209,6 +209,77 @@ pub fn configs(configs: &Vec<atmosphere_node::configsync::ConfigInfo>) -> String
     out
 }
 
+/// `atmosphere intent`, as the spec's demo prints it.
+pub fn intent(outcome: &atmosphere_node::intent::IntentOutcome) -> String {
+    let decision = &outcome.decision;
+    let mut out = String::new();
+    let label = |ranked: &atmosphere_routing::Ranked| {
+        let capability = match ranked.candidate.parameters {
+            Some(p) if decision.capability == "llm" => atmosphere_proto::record::size_tier(p)
+                .map_or_else(|| "llm".to_owned(), |s| format!("llm/{s}")),
+            _ => decision.capability.clone(),
+        };
+        let hops = ranked.candidate.hops;
+        if hops == 0 {
+            format!("local, {capability}, 0 hops")
+        } else {
+            format!(
+                "{capability}, {hops} hop{}",
+                if hops == 1 { "" } else { "s" }
+            )
+        }
+    };
+    if decision.fallback {
+        let _ = writeln!(out, "→ No capability fits: {}", decision.reason);
+    }
+    let Some(result) = &outcome.result else {
+        match decision.chosen() {
+            Some(chosen) => {
+                let _ = writeln!(
+                    out,
+                    "→ Would route to: {} ({})",
+                    chosen.candidate.node,
+                    label(chosen)
+                );
+                let _ = writeln!(
+                    out,
+                    "  score {:.2}{}; {}",
+                    decision.score,
+                    decision
+                        .complexity
+                        .map(|c| format!(", complexity {c:.2}"))
+                        .unwrap_or_default(),
+                    chosen.why
+                );
+            }
+            None => {
+                let _ = writeln!(out, "→ No node offers {}", decision.capability);
+            }
+        }
+        return out;
+    };
+    for attempt in outcome.attempts.iter().filter(|a| a.error.is_some()) {
+        let _ = writeln!(
+            out,
+            "→ {} failed ({}); trying the next provider",
+            attempt.node,
+            attempt.error.as_deref().unwrap_or_default()
+        );
+    }
+    let ranked = decision
+        .candidates
+        .iter()
+        .find(|c| c.candidate.node == result.node);
+    let _ = writeln!(
+        out,
+        "→ Routed to: {} ({})",
+        result.node,
+        ranked.map_or_else(|| decision.capability.clone(), label)
+    );
+    let _ = writeln!(out, "← Result: {:?}", result.text);
+    out
+}
+
 pub fn ping(result: &PingResult) -> String {
     let path: Vec<String> = result.echo.path.iter().map(|id| id.short()).collect();
     format!(

@@ -30,6 +30,8 @@ pub struct ApiState {
     pub servers: std::sync::Arc<crate::servers::ModelServers>,
     /// Shared LlamaFarm project files (absent in API tests over the in-memory transport).
     pub configs: Option<crate::configsync::ConfigSync>,
+    /// The intent router and executor (absent in API tests over the in-memory transport).
+    pub intents: Option<crate::intent::Intents>,
 }
 
 /// An API error: a status code and a JSON body `{ "error": kind, "message": text }`.
@@ -241,6 +243,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/mesh/join", post(join))
         .route("/v1/tokens", post(issue))
         .route("/v1/tokens/revoke", post(revoke))
+        .route("/v1/intent", post(intent))
+        .route("/v1/route", post(route))
         .route("/v1/configs", get(configs_list).post(configs_push))
         .route("/v1/configs/{namespace}/{name}", get(configs_get))
         .route("/v1/models", get(crate::openai::models))
@@ -355,6 +359,77 @@ async fn revoke(
     Ok(Json(Revoked {
         revoked: target.to_string(),
     }))
+}
+
+fn intents(state: &ApiState) -> Result<&crate::intent::Intents, ApiError> {
+    state.intents.as_ref().ok_or(ApiError {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        kind: "no_router",
+        message: "this node runs without the intent router".into(),
+    })
+}
+
+impl From<crate::intent::IntentError> for ApiError {
+    fn from(error: crate::intent::IntentError) -> Self {
+        use crate::intent::IntentError;
+        let (status, kind) = match &error {
+            IntentError::Empty => (StatusCode::BAD_REQUEST, "invalid"),
+            IntentError::Embed(_) => (StatusCode::SERVICE_UNAVAILABLE, "no_embeddings"),
+            IntentError::NoProvider { .. } => (StatusCode::SERVICE_UNAVAILABLE, "no_provider"),
+            IntentError::AllFailed(_) => (StatusCode::BAD_GATEWAY, "all_failed"),
+            _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        };
+        Self {
+            status,
+            kind,
+            message: error.to_string(),
+        }
+    }
+}
+
+/// Longest intent text accepted.
+const MAX_INTENT_BYTES: usize = 16 * 1024;
+
+async fn intent(
+    State(state): State<ApiState>,
+    Json(request): Json<crate::intent::IntentRequest>,
+) -> Result<Json<crate::intent::IntentOutcome>, ApiError> {
+    if request.text.len() > MAX_INTENT_BYTES {
+        return Err(ApiError {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            kind: "too_large",
+            message: format!(
+                "the intent is {} bytes; the limit is {MAX_INTENT_BYTES}",
+                request.text.len()
+            ),
+        });
+    }
+    Ok(Json(intents(&state)?.run(&request).await?))
+}
+
+/// Body of `POST /v1/route`: intents to route without running.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RouteBatch {
+    pub texts: Vec<String>,
+}
+
+async fn route(
+    State(state): State<ApiState>,
+    Json(batch): Json<RouteBatch>,
+) -> Result<Json<Vec<crate::intent::RouteDecision>>, ApiError> {
+    if batch.texts.len() > 1000 || batch.texts.iter().any(|t| t.len() > MAX_INTENT_BYTES) {
+        return Err(ApiError {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            kind: "too_large",
+            message: "at most 1000 intents of 16 KiB each per request".into(),
+        });
+    }
+    let intents = intents(&state)?;
+    let mut decisions = Vec::with_capacity(batch.texts.len());
+    for text in &batch.texts {
+        decisions.push(intents.route(text).await?);
+    }
+    Ok(Json(decisions))
 }
 
 /// Body of `POST /v1/configs`: a `llamafarm.yaml` to sign and spread.
@@ -503,6 +578,7 @@ mod tests {
             models: Default::default(),
             servers: Default::default(),
             configs: None,
+            intents: None,
         })
     }
 

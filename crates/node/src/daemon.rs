@@ -10,7 +10,7 @@ use atmosphere_mesh::discovery::{Discovery, DiscoveryMode};
 use atmosphere_mesh::transport::quic::{QuicConfig, QuicTransport};
 use atmosphere_mesh::transport::{Incoming, Transport};
 use atmosphere_mesh::{Hooks, Mesh, PeerAddr, Status};
-use atmosphere_proto::Request;
+use atmosphere_proto::{Request, RoutedBody};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
@@ -88,6 +88,13 @@ pub async fn run(
         &config.models.embeddings,
     )?);
     let servers = Arc::new(ModelServers::from_config(&config.models.servers)?);
+    // Every node reports its own health and explains routes: the intent service runs both.
+    for builtin in ["system", "routing"] {
+        let capability = atmosphere_proto::Capability::new(builtin, None);
+        if !mesh_config.capabilities.contains(&capability) {
+            mesh_config.capabilities.push(capability);
+        }
+    }
     let declared = mesh_config.capabilities.clone();
     for capability in models.capabilities() {
         if !mesh_config.capabilities.contains(&capability) {
@@ -153,7 +160,8 @@ pub async fn run(
     let trust_cancel = tokio_util::sync::CancellationToken::new();
     let (trust_tx, trust_rx) = mpsc::channel(64);
     let (config_tx, config_rx) = mpsc::channel(16);
-    let dispatcher = tokio::spawn(dispatch(app_rx, trust_tx, config_tx));
+    let (intent_tx, intent_rx) = mpsc::channel(64);
+    let dispatcher = tokio::spawn(dispatch(app_rx, trust_tx, config_tx, intent_tx));
     let trust_task = tokio::spawn(trust::run(
         trust_service.clone(),
         trust_rx,
@@ -172,6 +180,17 @@ pub async fn run(
     let configs_task = tokio::spawn(crate::configsync::run(
         configs.clone(),
         config_rx,
+        trust_cancel.clone(),
+    ));
+    let intents = crate::intent::Intents::new(
+        mesh.clone(),
+        mesh_config.name.clone(),
+        models.clone(),
+        servers.clone(),
+    );
+    let intents_task = tokio::spawn(crate::intent::run(
+        intents.clone(),
+        intent_rx,
         trust_cancel.clone(),
     ));
     let models_task = tokio::spawn(crate::servers::run(
@@ -230,6 +249,7 @@ pub async fn run(
         models,
         servers,
         configs: Some(configs),
+        intents: Some(intents),
     });
 
     let saver = tokio::spawn(save_peers_periodically(mesh.clone(), store.clone()));
@@ -266,6 +286,7 @@ pub async fn run(
     trust_cancel.cancel();
     let _ = trust_task.await;
     let _ = configs_task.await;
+    let _ = intents_task.await;
     dispatcher.abort();
     let _ = models_task.await;
     let _ = stop_tx.send(());
@@ -284,10 +305,22 @@ async fn dispatch(
     mut app_rx: mpsc::Receiver<Incoming>,
     trust_tx: mpsc::Sender<Incoming>,
     config_tx: mpsc::Sender<Incoming>,
+    intent_tx: mpsc::Sender<Incoming>,
 ) {
     while let Some(incoming) = app_rx.recv().await {
-        let to = match incoming.request {
+        let to = match &incoming.request {
             Request::SignConfig { .. } => &config_tx,
+            Request::Routed {
+                body: RoutedBody::Work { kind, .. },
+                ..
+            } if kind == crate::intent::WORK_KIND => &intent_tx,
+            Request::Routed { .. } => {
+                let _ = incoming.reply_tx.send(atmosphere_proto::Response::Error {
+                    code: atmosphere_proto::ErrorCode::BadRequest,
+                    message: "no service for that work on this node".into(),
+                });
+                continue;
+            }
             _ => &trust_tx,
         };
         if to.send(incoming).await.is_err() {

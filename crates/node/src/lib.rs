@@ -7,6 +7,7 @@ pub mod config;
 pub mod configsync;
 pub mod daemon;
 pub mod identity;
+pub mod intent;
 pub mod llamafarm;
 pub mod models;
 pub mod openai;

@@ -65,6 +65,8 @@ pub struct LocalModels {
     llm: Mutex<Option<ChatModel>>,
     embed_dir: Option<PathBuf>,
     embedder: OnceLock<Embedder>,
+    /// Where the router's MiniLM lives when the node does not serve embeddings itself.
+    router_dir: PathBuf,
     /// Decode speed measured on this node (moving average over generations).
     tokens_per_second: Mutex<Option<f32>>,
 }
@@ -96,6 +98,9 @@ impl LocalModels {
             engine: llm_path.as_ref().map(|_| engine),
             llm_path,
             llm_info,
+            router_dir: embed_dir
+                .clone()
+                .unwrap_or_else(|| cache_dir().join(MINILM_DIR)),
             embed_dir,
             ..Self::default()
         })
@@ -205,6 +210,10 @@ impl LocalModels {
 
     fn embed_blocking(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, ModelError> {
         let dir: &Path = self.embed_dir.as_deref().ok_or(ModelError::NoEmbeddings)?;
+        self.embed_with(dir, texts)
+    }
+
+    fn embed_with(&self, dir: &Path, texts: &[String]) -> Result<Vec<Vec<f32>>, ModelError> {
         let embedder = match self.embedder.get() {
             Some(embedder) => embedder,
             None => {
@@ -260,6 +269,24 @@ impl LocalModels {
         )
         .await
         .map(|_| ())
+    }
+
+    /// Embeddings for the router: every node routes, so MiniLM is loaded from the model cache
+    /// even where the node does not serve embeddings.
+    pub async fn embed_for_routing(
+        self: &Arc<Self>,
+        texts: Vec<String>,
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let dir = this
+                .embed_dir
+                .clone()
+                .unwrap_or_else(|| this.router_dir.clone());
+            this.embed_with(&dir, &texts)
+        })
+        .await
+        .map_err(|e| ModelError::Task(e.to_string()))?
     }
 
     pub async fn embed(self: &Arc<Self>, texts: Vec<String>) -> Result<Vec<Vec<f32>>, ModelError> {

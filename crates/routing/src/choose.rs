@@ -102,10 +102,12 @@ pub struct Ranked {
     pub why: String,
 }
 
-/// Cost per decade of model size: what a demanding intent pays for a smaller model than the
-/// largest, and a simple one for a larger model than the smallest.
-const PER_DECADE_DEMANDING: f64 = 4.0;
-const PER_DECADE_SIMPLE: f64 = 1.0;
+/// What model size is worth, in gradient-cost units, across the sizes on offer (smallest to
+/// largest): a demanding intent pays up to this much for the smallest model, a simple one up to
+/// the second for the largest. Larger than the cost differences load and a hop make on a LAN,
+/// so the intent decides the tier and the network decides among equals.
+const TIER_DEMANDING: f64 = 5.0;
+const TIER_SIMPLE: f64 = 2.0;
 
 /// Orders the candidates, best first. `complexity` is `None` for capabilities that are not
 /// language models (the gradient cost alone decides).
@@ -122,11 +124,13 @@ pub fn rank(candidates: &[Candidate], complexity: Option<f32>) -> Vec<Ranked> {
         .iter()
         .map(|candidate| {
             let (extra, why) = match (complexity, candidate.parameters) {
-                (Some(c), Some(p)) if p > 0 && sizes.len() > 1 => {
-                    let size = (p as f64).log10();
+                (Some(c), Some(p)) if p > 0 && largest > smallest => {
+                    // Where this model sits between the smallest and the largest on offer (log
+                    // scale), 0 to 1.
+                    let position = ((p as f64).log10() - smallest) / (largest - smallest);
                     let c = f64::from(c.clamp(0.0, 1.0));
-                    let extra = c * PER_DECADE_DEMANDING * (largest - size)
-                        + (1.0 - c) * PER_DECADE_SIMPLE * (size - smallest);
+                    let extra =
+                        c * TIER_DEMANDING * (1.0 - position) + (1.0 - c) * TIER_SIMPLE * position;
                     (
                         extra,
                         format!("model tier {:+.2} (complexity {c:.2})", extra),

@@ -113,6 +113,9 @@ pub fn builtin() -> Vec<Descriptor> {
                 "what time is it in tokyo when it's noon in london",
                 "give me a recipe for pancakes",
                 "who was the first person on the moon",
+                "what are the security risks in how our smart devices are connected",
+                "assess the weak points of our wifi and firewall setup",
+                "discuss the privacy implications of cloud cameras",
             ],
         ),
         Descriptor::new(

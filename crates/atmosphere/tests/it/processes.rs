@@ -446,3 +446,80 @@ async fn a_llamafarm_project_edited_on_one_node_reaches_the_others_and_reloads_t
     )
     .await;
 }
+
+async fn intent(api: &str, text: &str, dry_run: bool) -> serde_json::Value {
+    let response = http()
+        .post(format!("http://{api}/v1/intent"))
+        .json(&serde_json::json!({"text": text, "dry_run": dry_run, "max_tokens": 24}))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert!(status.is_success(), "{text}: {body}");
+    body
+}
+
+/// The spec's demo steps 2, 3 and 7 on three processes: a simple question stays on the local
+/// small model, a demanding one goes to the larger model one hop away, a device command to the
+/// node with the devices; with the larger node cut off, the demanding question still answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn intents_route_by_capability_and_model_size_and_survive_a_lost_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let mesh = unique_mesh("intent");
+    let models =
+        |llm: &str| -> Vec<String> { ["--llm", llm, "--no-warmup"].map(String::from).to_vec() };
+    let mut args = loopback_args(&mesh, "off", &[], &[]);
+    args.extend(models("smollm2"));
+    let mac = start("Mac-Studio", &dir.path().join("mac"), &args).await;
+    let seed = vec![mac.bootstrap_line()];
+    let mut args = loopback_args(&mesh, "off", &[], &seed);
+    args.extend(models("gemma3"));
+    let dell = start("Dell-Server", &dir.path().join("dell"), &args).await;
+    let args = loopback_args(&mesh, "off", &["matter", "vision"], &seed);
+    let pi = start("Garage-Pi", &dir.path().join("pi"), &args).await;
+    form_mesh(&[&mac, &dell, &pi]);
+    let apis = [mac.api(), dell.api(), pi.api()];
+    all_alive(
+        &apis,
+        &[mac.id(), dell.id(), pi.id()],
+        Duration::from_secs(30),
+    )
+    .await;
+    let api = mac.api();
+
+    // Step 2: stays local.
+    let simple = intent(&api, "What's 2+2?", false).await;
+    assert_eq!(simple["result"]["node"], "Mac-Studio", "{simple}");
+    assert_eq!(simple["decision"]["capability"], "llm");
+    assert!(!simple["result"]["text"].as_str().unwrap().is_empty());
+    // Step 3: the larger model, one hop away, by the intent's complexity.
+    let text = "Analyze the security implications of our network topology";
+    let complex = intent(&api, text, false).await;
+    assert_eq!(complex["result"]["node"], "Dell-Server", "{complex}");
+    assert_eq!(complex["result"]["model"], "gemma-3-270m");
+    assert_eq!(
+        complex["path"],
+        serde_json::json!(["Mac-Studio", "Dell-Server"])
+    );
+    // A device command goes to the node that declares the devices (dry run: no Matter yet).
+    let lights = intent(&api, "Turn on the garage lights", true).await;
+    assert_eq!(lights["decision"]["capability"], "matter");
+    assert_eq!(
+        lights["decision"]["candidates"][0]["candidate"]["node"],
+        "Garage-Pi"
+    );
+    // The CLI prints it as the spec does.
+    let out = cli(&["--api", &api, "intent", "What's 2+2?", "--max-tokens", "16"]);
+    assert!(
+        out.contains("→ Routed to: Mac-Studio (local, llm/135M, 0 hops)"),
+        "{out}"
+    );
+    assert!(out.contains("← Result: "), "{out}");
+
+    // Step 7: the larger node drops off the network; the same intent answers from the Mac.
+    cli(&["--api", &api, "node", "disconnect", "Dell-Server"]);
+    let fallback = intent(&api, text, false).await;
+    assert_eq!(fallback["result"]["node"], "Mac-Studio", "{fallback}");
+    cli(&["--api", &api, "node", "reconnect", "Dell-Server"]);
+}

@@ -1,0 +1,624 @@
+//! Intents end to end: embed the text once, classify it against the capability descriptors, pick
+//! the provider (gradient cost, and model size by the intent's complexity for language models),
+//! run it there — locally or over the mesh as routed `intent` work — and fail over to the next
+//! provider when one fails. Every step is kept as a trace.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use atmosphere_backends::{ChatMessage, GenerateOptions};
+use atmosphere_mesh::{Mesh, MeshError, Status};
+use atmosphere_proto::{ErrorCode, ModelKind, NodeId, Request, Response, RoutedBody, RoutedReply};
+use atmosphere_routing::{
+    Candidate, Classifier, Complexity, GENERAL, OUT_OF_SCOPE, Params, Ranked, Scored, builtin,
+    complexity_descriptors, rank,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::OnceCell;
+use tracing::{info, warn};
+
+use crate::models::LocalModels;
+use crate::servers::ModelServers;
+
+/// The `kind` of routed work this module serves.
+pub const WORK_KIND: &str = "intent";
+/// How many providers an intent tries before giving up.
+const MAX_ATTEMPTS: usize = 3;
+/// Time allowed for one provider to answer (model generation included).
+const WORK_TIMEOUT: Duration = Duration::from_secs(120);
+const DEFAULT_MAX_TOKENS: usize = 256;
+
+/// Why an intent could not be routed or run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum IntentError {
+    #[error("the router cannot embed: {0}")]
+    Embed(String),
+    #[error("the intent is empty")]
+    Empty,
+    #[error("no node in the mesh offers {capability}, nor a general language model")]
+    NoProvider { capability: String },
+    #[error("every provider failed: {0}")]
+    AllFailed(String),
+    #[error(transparent)]
+    Mesh(#[from] MeshError),
+}
+
+/// `POST /v1/intent`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IntentRequest {
+    pub text: String,
+    /// Route only; do not run.
+    #[serde(default)]
+    pub dry_run: bool,
+    #[serde(default)]
+    pub max_tokens: Option<usize>,
+}
+
+/// Where an intent goes and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RouteDecision {
+    pub text: String,
+    /// The capability the intent asks for (`llm` when it fell back).
+    pub capability: String,
+    /// The classifier's class: the capability, or `out-of-scope`.
+    pub class: String,
+    pub score: f32,
+    pub fallback: bool,
+    /// For language models: how demanding the intent is, in [0, 1].
+    pub complexity: Option<f32>,
+    /// The best three capabilities with their scores.
+    pub ranking: Vec<Scored>,
+    /// Providers, best first (the failover order).
+    pub candidates: Vec<Ranked>,
+    pub reason: String,
+    /// Time to embed and decide.
+    pub route_ms: f64,
+}
+
+impl RouteDecision {
+    pub fn chosen(&self) -> Option<&Ranked> {
+        self.candidates.first()
+    }
+
+    /// The class as labelled sets name it: the capability, `out-of-scope`, or `llm` when nothing
+    /// fitted well.
+    pub fn class_label(&self) -> &str {
+        if self.fallback && self.class != OUT_OF_SCOPE {
+            GENERAL
+        } else {
+            &self.class
+        }
+    }
+}
+
+/// One provider tried.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    pub node: String,
+    pub hops: u8,
+    pub error: Option<String>,
+    pub ms: f64,
+}
+
+/// The answer to an intent, with its route.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IntentOutcome {
+    pub decision: RouteDecision,
+    /// Absent on a dry run.
+    pub result: Option<WorkReply>,
+    /// The nodes the request passed through, the origin first.
+    pub path: Vec<String>,
+    pub attempts: Vec<Attempt>,
+    pub total_ms: f64,
+}
+
+/// What routed intent work asks of the node that runs it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkRequest {
+    pub text: String,
+    pub capability: String,
+    pub class: String,
+    pub max_tokens: usize,
+}
+
+/// What it answers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkReply {
+    pub node: String,
+    pub capability: String,
+    pub text: String,
+    /// The model that answered, when one did.
+    pub model: Option<String>,
+    /// Embeddings: the vector.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vector: Option<Vec<f32>>,
+    pub ms: f64,
+}
+
+struct Router {
+    classifier: Classifier,
+    complexity: Complexity,
+}
+
+/// The intent service of one node.
+#[derive(Clone)]
+pub struct Intents {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    mesh: Mesh,
+    node_name: String,
+    models: Arc<LocalModels>,
+    servers: Arc<ModelServers>,
+    router: OnceCell<Router>,
+}
+
+impl std::fmt::Debug for Intents {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Intents")
+            .field("node", &self.inner.node_name)
+            .field("ready", &self.inner.router.initialized())
+            .finish()
+    }
+}
+
+fn ms(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1000.0
+}
+
+impl Intents {
+    pub fn new(
+        mesh: Mesh,
+        node_name: String,
+        models: Arc<LocalModels>,
+        servers: Arc<ModelServers>,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                mesh,
+                node_name,
+                models,
+                servers,
+                router: OnceCell::new(),
+            }),
+        }
+    }
+
+    /// Embeds the descriptors once (on first use, or ahead of it by [`Intents::warm_up`]).
+    async fn router(&self) -> Result<&Router, IntentError> {
+        self.inner
+            .router
+            .get_or_try_init(|| async {
+                let started = Instant::now();
+                let descriptors = builtin();
+                let [demanding, quick] = complexity_descriptors();
+                let mut texts: Vec<String> = Vec::new();
+                for d in descriptors.iter().chain([&demanding, &quick]) {
+                    texts.extend(d.texts().into_iter().map(str::to_owned));
+                }
+                let vectors = self
+                    .inner
+                    .models
+                    .embed_for_routing(texts)
+                    .await
+                    .map_err(|e| IntentError::Embed(e.to_string()))?;
+                let mut offset = 0;
+                let mut embed = |d: &atmosphere_routing::Descriptor| {
+                    let n = d.texts().len();
+                    let embedded = d.embedded(&vectors[offset..offset + n]);
+                    offset += n;
+                    let texts = d.texts().into_iter().map(str::to_owned).collect();
+                    (embedded, texts)
+                };
+                let catalog: Vec<_> = descriptors.iter().map(&mut embed).collect();
+                let (demanding, _) = embed(&demanding);
+                let (quick, _) = embed(&quick);
+                let router = Router {
+                    classifier: Classifier::new(&catalog, Params::default()),
+                    complexity: Complexity::new(&demanding, &quick),
+                };
+                info!(
+                    ms = started.elapsed().as_millis() as u64,
+                    "router ready: capability descriptors embedded"
+                );
+                Ok(router)
+            })
+            .await
+    }
+
+    /// Builds the router ahead of the first intent.
+    pub async fn warm_up(&self) {
+        if let Err(e) = self.router().await {
+            warn!("router not ready: {e}");
+        }
+    }
+
+    /// Routes without running.
+    pub async fn route(&self, text: &str) -> Result<RouteDecision, IntentError> {
+        let text = text.trim();
+        if text.is_empty() {
+            return Err(IntentError::Empty);
+        }
+        let started = Instant::now();
+        let router = self.router().await?;
+        let vector = self
+            .inner
+            .models
+            .embed_for_routing(vec![text.to_owned()])
+            .await
+            .map_err(|e| IntentError::Embed(e.to_string()))?
+            .pop()
+            .ok_or_else(|| IntentError::Embed("no vector".into()))?;
+        let classification = router.classifier.classify(&vector);
+        let mut capability = if classification.fallback {
+            GENERAL.to_owned()
+        } else {
+            classification.capability.clone()
+        };
+        let mut reason = classification.reason.clone();
+        let status = self.inner.mesh.status().await?;
+        let routes = self.inner.mesh.routes().await?;
+        let mut candidates = candidates(&status, &routes, &capability);
+        if candidates.is_empty() && capability != GENERAL {
+            reason = format!("{reason}; no node offers {capability}, so the general LLM answers");
+            capability = GENERAL.to_owned();
+            candidates = self::candidates(&status, &routes, GENERAL);
+        }
+        let complexity = (capability == GENERAL).then(|| {
+            router
+                .complexity
+                .of(&vector, text.split_whitespace().count())
+        });
+        let ranked = rank(&candidates, complexity);
+        Ok(RouteDecision {
+            text: text.to_owned(),
+            capability,
+            class: classification.capability,
+            score: classification.score,
+            fallback: classification.fallback,
+            complexity,
+            ranking: classification.ranking.into_iter().take(3).collect(),
+            candidates: ranked,
+            reason,
+            route_ms: ms(started),
+        })
+    }
+
+    /// Routes and runs, failing over along the candidates.
+    pub async fn run(&self, request: &IntentRequest) -> Result<IntentOutcome, IntentError> {
+        let started = Instant::now();
+        let decision = self.route(&request.text).await?;
+        if request.dry_run {
+            return Ok(IntentOutcome {
+                decision,
+                result: None,
+                path: Vec::new(),
+                attempts: Vec::new(),
+                total_ms: ms(started),
+            });
+        }
+        if decision.candidates.is_empty() {
+            return Err(IntentError::NoProvider {
+                capability: decision.capability.clone(),
+            });
+        }
+        let work = WorkRequest {
+            text: decision.text.clone(),
+            capability: decision.capability.clone(),
+            class: decision.class.clone(),
+            max_tokens: request.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS).min(4096),
+        };
+        let payload = serde_json::to_vec(&work).unwrap_or_default();
+        let status = self.inner.mesh.status().await?;
+        let mut attempts = Vec::new();
+        for ranked in decision.candidates.iter().take(MAX_ATTEMPTS) {
+            let Some(node) = status
+                .nodes
+                .iter()
+                .find(|n| n.name == ranked.candidate.node && n.status == Status::Alive)
+            else {
+                continue;
+            };
+            let tried = Instant::now();
+            let outcome = self
+                .inner
+                .mesh
+                .work(node.id, WORK_KIND, payload.clone(), WORK_TIMEOUT)
+                .await;
+            let error = match outcome {
+                Ok(result) => match serde_json::from_slice::<WorkReply>(&result.payload) {
+                    Ok(reply) => {
+                        attempts.push(Attempt {
+                            node: node.name.clone(),
+                            hops: ranked.candidate.hops,
+                            error: None,
+                            ms: ms(tried),
+                        });
+                        let path = result.path.iter().map(|id| name_of(&status, id)).collect();
+                        return Ok(IntentOutcome {
+                            decision,
+                            result: Some(reply),
+                            path,
+                            attempts,
+                            total_ms: ms(started),
+                        });
+                    }
+                    Err(e) => format!("unreadable answer: {e}"),
+                },
+                Err(e) => e.to_string(),
+            };
+            warn!(node = %node.name, "intent failed there, trying the next provider: {error}");
+            attempts.push(Attempt {
+                node: node.name.clone(),
+                hops: ranked.candidate.hops,
+                error: Some(error),
+                ms: ms(tried),
+            });
+        }
+        let errors: Vec<String> = attempts
+            .iter()
+            .filter_map(|a| a.error.as_ref().map(|e| format!("{}: {e}", a.node)))
+            .collect();
+        Err(IntentError::AllFailed(errors.join("; ")))
+    }
+
+    /// Serves routed `intent` work addressed to this node.
+    pub async fn serve(&self, path: Vec<NodeId>, payload: &[u8]) -> Response {
+        let refuse = |code, message: String| Response::Error { code, message };
+        let request: WorkRequest = match serde_json::from_slice(payload) {
+            Ok(request) => request,
+            Err(e) => return refuse(ErrorCode::BadRequest, format!("intent work: {e}")),
+        };
+        match self.execute(&request).await {
+            Ok(reply) => Response::Routed {
+                path,
+                reply: RoutedReply::Work {
+                    payload: serde_json::to_vec(&reply).unwrap_or_default(),
+                },
+            },
+            Err(message) => refuse(ErrorCode::Internal, message),
+        }
+    }
+
+    /// Runs an intent here.
+    async fn execute(&self, request: &WorkRequest) -> Result<WorkReply, String> {
+        let started = Instant::now();
+        let node = self.inner.node_name.clone();
+        let reply = |text: String, model: Option<String>, vector: Option<Vec<f32>>| WorkReply {
+            node: node.clone(),
+            capability: request.capability.clone(),
+            text,
+            model,
+            vector,
+            ms: ms(started),
+        };
+        match request.capability.as_str() {
+            GENERAL => {
+                let mut messages = Vec::new();
+                if request.class == OUT_OF_SCOPE {
+                    messages.push(ChatMessage {
+                        role: "system".into(),
+                        content: "No device or service in this home mesh can carry out the \
+                                  user's request. Say so in one sentence, then help if you can."
+                            .into(),
+                    });
+                }
+                messages.push(ChatMessage::user(request.text.clone()));
+                let (text, model) = self.chat(messages, request.max_tokens).await?;
+                Ok(reply(text, Some(model), None))
+            }
+            "embeddings" => {
+                let mut vectors = self
+                    .inner
+                    .models
+                    .embed(vec![request.text.clone()])
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let vector = vectors.pop().unwrap_or_default();
+                let head: Vec<String> = vector.iter().take(4).map(|x| format!("{x:.4}")).collect();
+                Ok(reply(
+                    format!(
+                        "{}-dimensional embedding [{}, …]",
+                        vector.len(),
+                        head.join(", ")
+                    ),
+                    Some(crate::models::MINILM_NAME.into()),
+                    Some(vector),
+                ))
+            }
+            "system" => Ok(reply(self.system_report().await?, None, None)),
+            "routing" => Ok(reply(self.routing_report().await?, None, None)),
+            other => Err(format!(
+                "{} declares {other}, but no executor for {other} runs on it yet",
+                self.inner.node_name
+            )),
+        }
+    }
+
+    async fn chat(
+        &self,
+        messages: Vec<ChatMessage>,
+        max_tokens: usize,
+    ) -> Result<(String, String), String> {
+        let options = GenerateOptions {
+            max_tokens,
+            ..GenerateOptions::default()
+        };
+        if let Some(info) = self.inner.models.llm_info() {
+            let name = info.name.clone();
+            let generation = self
+                .inner
+                .models
+                .chat(messages, options)
+                .await
+                .map_err(|e| e.to_string())?;
+            return Ok((generation.text.trim().to_owned(), name));
+        }
+        match self.inner.servers.default_chat() {
+            Some((adapter, model)) => {
+                let output = adapter
+                    .chat(&model, &messages, &options)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok((output.text.trim().to_owned(), model))
+            }
+            None => Err(format!("{} has no chat model", self.inner.node_name)),
+        }
+    }
+
+    /// This node's health and the mesh's, from the kernel and the gossiped state.
+    async fn system_report(&self) -> Result<String, String> {
+        let status = self.inner.mesh.status().await.map_err(|e| e.to_string())?;
+        let alive = status
+            .nodes
+            .iter()
+            .filter(|n| n.status == Status::Alive)
+            .count();
+        let degraded: Vec<String> = status
+            .nodes
+            .iter()
+            .flat_map(|n| {
+                n.models
+                    .iter()
+                    .filter(|m| m.degraded.is_some())
+                    .map(move |m| format!("{} on {}", m.name, n.name))
+            })
+            .collect();
+        let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
+        let load = read("/proc/loadavg")
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ");
+        let uptime_h = read("/proc/uptime")
+            .split_whitespace()
+            .next()
+            .and_then(|s| s.parse::<f64>().ok())
+            .map_or(0.0, |s| s / 3600.0);
+        let meminfo = read("/proc/meminfo");
+        let kib = |key: &str| {
+            meminfo
+                .lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        let (total, available) = (kib("MemTotal:"), kib("MemAvailable:"));
+        Ok(format!(
+            "{}: load {load}, memory {:.1} of {:.1} GiB free, up {uptime_h:.1} h. Mesh: {alive} of {} nodes alive{}.",
+            self.inner.node_name,
+            available as f64 / 1_048_576.0,
+            total as f64 / 1_048_576.0,
+            status.nodes.len(),
+            if degraded.is_empty() {
+                ", all model backends healthy".to_owned()
+            } else {
+                format!(", degraded: {}", degraded.join(", "))
+            }
+        ))
+    }
+
+    /// The gradient table as this node sees it, by capability.
+    async fn routing_report(&self) -> Result<String, String> {
+        let routes = self.inner.mesh.routes().await.map_err(|e| e.to_string())?;
+        let mut by_capability: std::collections::BTreeMap<String, Vec<String>> =
+            std::collections::BTreeMap::new();
+        for route in routes {
+            by_capability
+                .entry(route.capability.to_string())
+                .or_default()
+                .push(format!("{} ({} hops)", route.provider_name, route.hops));
+        }
+        let lines: Vec<String> = by_capability
+            .iter()
+            .map(|(capability, providers)| format!("{capability} → {}", providers.join(", ")))
+            .collect();
+        Ok(format!(
+            "Routes from {}: {}",
+            self.inner.node_name,
+            lines.join("; ")
+        ))
+    }
+}
+
+fn name_of(status: &atmosphere_mesh::MeshStatus, id: &NodeId) -> String {
+    status
+        .nodes
+        .iter()
+        .find(|n| n.id == *id)
+        .map_or_else(|| id.short(), |n| n.name.clone())
+}
+
+/// Providers of `capability` from the gradient table, one per node; language models carry the
+/// size of the node's largest healthy chat model.
+fn candidates(
+    status: &atmosphere_mesh::MeshStatus,
+    routes: &[atmosphere_mesh::RouteInfo],
+    capability: &str,
+) -> Vec<Candidate> {
+    let mut out: Vec<Candidate> = Vec::new();
+    for route in routes.iter().filter(|r| r.capability.name == capability) {
+        if out.iter().any(|c| c.node == route.provider_name) {
+            continue;
+        }
+        let parameters = status
+            .nodes
+            .iter()
+            .find(|n| n.id == route.provider)
+            .and_then(|n| {
+                n.models
+                    .iter()
+                    .filter(|m| m.kind == ModelKind::Chat && m.degraded.is_none())
+                    .map(|m| m.parameters)
+                    .max()
+            })
+            .filter(|p| *p > 0)
+            .or_else(|| {
+                route
+                    .capability
+                    .detail
+                    .as_deref()
+                    .and_then(atmosphere_routing::choose::parse_size_label)
+            });
+        out.push(Candidate {
+            node: route.provider_name.clone(),
+            hops: route.hops,
+            cost: route.cost,
+            parameters: (capability == GENERAL).then_some(parameters).flatten(),
+        });
+    }
+    out
+}
+
+/// Routed work for this node's intent service, handed over by the daemon's dispatcher.
+pub async fn run(
+    intents: Intents,
+    mut requests: tokio::sync::mpsc::Receiver<atmosphere_mesh::transport::Incoming>,
+    cancel: tokio_util::sync::CancellationToken,
+) {
+    let warm = intents.clone();
+    tokio::spawn(async move { warm.warm_up().await });
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => break,
+            Some(incoming) = requests.recv() => {
+                let intents = intents.clone();
+                tokio::spawn(async move {
+                    let response = match incoming.request {
+                        Request::Routed { path, body: RoutedBody::Work { payload, .. }, .. } => {
+                            intents.serve(path, &payload).await
+                        }
+                        _ => Response::Error {
+                            code: ErrorCode::BadRequest,
+                            message: "not intent work".into(),
+                        },
+                    };
+                    let _ = incoming.reply_tx.send(response);
+                });
+            }
+        }
+    }
+}
