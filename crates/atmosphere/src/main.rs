@@ -376,6 +376,8 @@ async fn dispatch(cli: Cli) -> Result<()> {
                     text,
                     dry_run,
                     max_tokens,
+                    messages: None,
+                    temperature: None,
                 })
                 .await?;
             render::output(json, &outcome, render::intent)

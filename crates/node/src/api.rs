@@ -369,24 +369,6 @@ fn intents(state: &ApiState) -> Result<&crate::intent::Intents, ApiError> {
     })
 }
 
-impl From<crate::intent::IntentError> for ApiError {
-    fn from(error: crate::intent::IntentError) -> Self {
-        use crate::intent::IntentError;
-        let (status, kind) = match &error {
-            IntentError::Empty => (StatusCode::BAD_REQUEST, "invalid"),
-            IntentError::Embed(_) => (StatusCode::SERVICE_UNAVAILABLE, "no_embeddings"),
-            IntentError::NoProvider { .. } => (StatusCode::SERVICE_UNAVAILABLE, "no_provider"),
-            IntentError::AllFailed(_) => (StatusCode::BAD_GATEWAY, "all_failed"),
-            _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
-        };
-        Self {
-            status,
-            kind,
-            message: error.to_string(),
-        }
-    }
-}
-
 /// Longest intent text accepted.
 const MAX_INTENT_BYTES: usize = 16 * 1024;
 

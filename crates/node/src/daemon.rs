@@ -88,13 +88,6 @@ pub async fn run(
         &config.models.embeddings,
     )?);
     let servers = Arc::new(ModelServers::from_config(&config.models.servers)?);
-    // Every node reports its own health and explains routes: the intent service runs both.
-    for builtin in ["system", "routing"] {
-        let capability = atmosphere_proto::Capability::new(builtin, None);
-        if !mesh_config.capabilities.contains(&capability) {
-            mesh_config.capabilities.push(capability);
-        }
-    }
     let declared = mesh_config.capabilities.clone();
     for capability in models.capabilities() {
         if !mesh_config.capabilities.contains(&capability) {

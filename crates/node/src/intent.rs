@@ -53,6 +53,12 @@ pub struct IntentRequest {
     pub dry_run: bool,
     #[serde(default)]
     pub max_tokens: Option<usize>,
+    /// A whole conversation for a language model (the OpenAI front door); `text` is then its last
+    /// user message, used for routing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub messages: Option<Vec<ChatMessage>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
 }
 
 /// Where an intent goes and why.
@@ -120,6 +126,13 @@ pub struct WorkRequest {
     pub capability: String,
     pub class: String,
     pub max_tokens: usize,
+    #[serde(default)]
+    pub messages: Option<Vec<ChatMessage>>,
+    #[serde(default)]
+    pub temperature: Option<f64>,
+    /// Run this model (by its advertised name) rather than the node's default.
+    #[serde(default)]
+    pub model: Option<String>,
 }
 
 /// What it answers.
@@ -133,6 +146,10 @@ pub struct WorkReply {
     /// Embeddings: the vector.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vector: Option<Vec<f32>>,
+    #[serde(default)]
+    pub prompt_tokens: usize,
+    #[serde(default)]
+    pub completion_tokens: usize,
     pub ms: f64,
 }
 
@@ -309,7 +326,70 @@ impl Intents {
             capability: decision.capability.clone(),
             class: decision.class.clone(),
             max_tokens: request.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS).min(4096),
+            messages: request.messages.clone(),
+            temperature: request.temperature,
+            model: None,
         };
+        self.dispatch(decision, work, started).await
+    }
+
+    /// Runs a language-model request on a node that advertises `model` (healthy), nearest first.
+    pub async fn run_model(
+        &self,
+        model: &str,
+        request: &IntentRequest,
+    ) -> Result<IntentOutcome, IntentError> {
+        let started = Instant::now();
+        let status = self.inner.mesh.status().await?;
+        let routes = self.inner.mesh.routes().await?;
+        let mut candidates: Vec<Candidate> = candidates(&status, &routes, GENERAL)
+            .into_iter()
+            .filter(|c| {
+                status.nodes.iter().any(|n| {
+                    n.name == c.node
+                        && n.models
+                            .iter()
+                            .any(|m| m.name == model && m.degraded.is_none())
+                })
+            })
+            .collect();
+        candidates.iter_mut().for_each(|c| c.parameters = None);
+        if candidates.is_empty() {
+            return Err(IntentError::NoProvider {
+                capability: format!("model {model:?}"),
+            });
+        }
+        let decision = RouteDecision {
+            text: request.text.clone(),
+            capability: GENERAL.into(),
+            class: GENERAL.into(),
+            score: 1.0,
+            fallback: false,
+            complexity: None,
+            ranking: Vec::new(),
+            candidates: rank(&candidates, None),
+            reason: format!("the request names the model {model:?}"),
+            route_ms: ms(started),
+        };
+        let work = WorkRequest {
+            text: request.text.clone(),
+            capability: GENERAL.into(),
+            class: GENERAL.into(),
+            max_tokens: request.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS).min(4096),
+            messages: request.messages.clone(),
+            temperature: request.temperature,
+            model: Some(model.to_owned()),
+        };
+        self.dispatch(decision, work, started).await
+    }
+
+    /// Sends the work to the decision's candidates in order until one answers.
+    async fn dispatch(
+        &self,
+        decision: RouteDecision,
+        work: WorkRequest,
+        started: Instant,
+    ) -> Result<IntentOutcome, IntentError> {
         let payload = serde_json::to_vec(&work).unwrap_or_default();
         let status = self.inner.mesh.status().await?;
         let mut attempts = Vec::new();
@@ -392,6 +472,8 @@ impl Intents {
             text,
             model,
             vector,
+            prompt_tokens: 0,
+            completion_tokens: 0,
             ms: ms(started),
         };
         match request.capability.as_str() {
@@ -405,9 +487,23 @@ impl Intents {
                             .into(),
                     });
                 }
-                messages.push(ChatMessage::user(request.text.clone()));
-                let (text, model) = self.chat(messages, request.max_tokens).await?;
-                Ok(reply(text, Some(model), None))
+                match &request.messages {
+                    Some(conversation) => messages.extend(conversation.iter().cloned()),
+                    None => messages.push(ChatMessage::user(request.text.clone())),
+                }
+                let options = GenerateOptions {
+                    max_tokens: request.max_tokens,
+                    temperature: request.temperature.unwrap_or(0.0).clamp(0.0, 2.0),
+                    ..GenerateOptions::default()
+                };
+                let chat = self
+                    .chat(messages, options, request.model.as_deref())
+                    .await?;
+                Ok(WorkReply {
+                    prompt_tokens: chat.prompt_tokens,
+                    completion_tokens: chat.completion_tokens,
+                    ..reply(chat.text, Some(chat.model), None)
+                })
             }
             "embeddings" => {
                 let mut vectors = self
@@ -437,35 +533,57 @@ impl Intents {
         }
     }
 
+    /// Chat on this node: the named model (own or a fronted server's), else the own model, else
+    /// the first healthy server model.
     async fn chat(
         &self,
         messages: Vec<ChatMessage>,
-        max_tokens: usize,
-    ) -> Result<(String, String), String> {
-        let options = GenerateOptions {
-            max_tokens,
-            ..GenerateOptions::default()
+        options: GenerateOptions,
+        model: Option<&str>,
+    ) -> Result<Chat, String> {
+        let local = self.inner.models.llm_info().map(|info| info.name.clone());
+        let server = match model {
+            Some(wanted) if local.as_deref() != Some(wanted) => {
+                match self.inner.servers.find(wanted) {
+                    Some(adapter) => Some((adapter, wanted.to_owned())),
+                    None => {
+                        return Err(format!(
+                            "{} does not serve {wanted:?} (or it is degraded)",
+                            self.inner.node_name
+                        ));
+                    }
+                }
+            }
+            _ if local.is_some() => None,
+            _ => self.inner.servers.default_chat(),
         };
-        if let Some(info) = self.inner.models.llm_info() {
-            let name = info.name.clone();
-            let generation = self
-                .inner
-                .models
-                .chat(messages, options)
+        if let Some((adapter, model)) = server {
+            let output = adapter
+                .chat(&model, &messages, &options)
                 .await
                 .map_err(|e| e.to_string())?;
-            return Ok((generation.text.trim().to_owned(), name));
+            return Ok(Chat {
+                text: output.text.trim().to_owned(),
+                model,
+                prompt_tokens: output.prompt_tokens.unwrap_or(0) as usize,
+                completion_tokens: output.completion_tokens.unwrap_or(0) as usize,
+            });
         }
-        match self.inner.servers.default_chat() {
-            Some((adapter, model)) => {
-                let output = adapter
-                    .chat(&model, &messages, &options)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                Ok((output.text.trim().to_owned(), model))
-            }
-            None => Err(format!("{} has no chat model", self.inner.node_name)),
-        }
+        let Some(name) = local else {
+            return Err(format!("{} has no chat model", self.inner.node_name));
+        };
+        let generation = self
+            .inner
+            .models
+            .chat(messages, options)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(Chat {
+            text: generation.text.trim().to_owned(),
+            model: name,
+            prompt_tokens: generation.prompt_tokens,
+            completion_tokens: generation.completion_tokens,
+        })
     }
 
     /// This node's health and the mesh's, from the kernel and the gossiped state.
@@ -544,6 +662,14 @@ impl Intents {
     }
 }
 
+/// A chat answer on this node.
+struct Chat {
+    text: String,
+    model: String,
+    prompt_tokens: usize,
+    completion_tokens: usize,
+}
+
 fn name_of(status: &atmosphere_mesh::MeshStatus, id: &NodeId) -> String {
     status
         .nodes
@@ -551,6 +677,9 @@ fn name_of(status: &atmosphere_mesh::MeshStatus, id: &NodeId) -> String {
         .find(|n| n.id == *id)
         .map_or_else(|| id.short(), |n| n.name.clone())
 }
+
+/// Capabilities every node's intent service provides, without advertising them.
+const BUILT_IN: [&str; 2] = ["system", "routing"];
 
 /// Providers of `capability` from the gradient table, one per node; language models carry the
 /// size of the node's largest healthy chat model.
@@ -560,6 +689,21 @@ fn candidates(
     capability: &str,
 ) -> Vec<Candidate> {
     let mut out: Vec<Candidate> = Vec::new();
+    if BUILT_IN.contains(&capability) {
+        // Every node runs these; reachable nodes are candidates, nearest first.
+        for node in status.nodes.iter().filter(|n| n.status == Status::Alive) {
+            let Some(hops) = node.hops.or(node.is_self.then_some(0)) else {
+                continue;
+            };
+            out.push(Candidate {
+                node: node.name.clone(),
+                hops,
+                cost: f64::from(hops),
+                parameters: None,
+            });
+        }
+        return out;
+    }
     for route in routes.iter().filter(|r| r.capability.name == capability) {
         if out.iter().any(|c| c.node == route.provider_name) {
             continue;

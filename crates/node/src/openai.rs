@@ -195,6 +195,9 @@ pub async fn chat_completions(
     if request.messages.is_empty() {
         return Err(bad_request("messages is empty"));
     }
+    if let Some(response) = through_the_mesh(&state, &request).await? {
+        return Ok(response);
+    }
     let (runner, model) = Runner::choose(&state, request.model.as_deref())?;
     let options = GenerateOptions {
         max_tokens: request.max_tokens.unwrap_or(256).clamp(1, 4096),
@@ -293,6 +296,138 @@ pub async fn chat_completions(
     )
 }
 
+/// The header that tells a client where the mesh ran its request.
+pub const ROUTE_HEADER: &str = "x-atmosphere-route";
+
+/// `model: "auto"` (route by the last user message, any capability) or a model that only other
+/// nodes serve: run through the intent service, answer in OpenAI's shape (streamed as one piece
+/// when asked), with the route in [`ROUTE_HEADER`]. `None` when the request stays on this node.
+async fn through_the_mesh(
+    state: &ApiState,
+    request: &ChatRequest,
+) -> Result<Option<axum::response::Response>, ApiError> {
+    use axum::response::IntoResponse;
+    let Some(intents) = state.intents.as_ref() else {
+        return Ok(None);
+    };
+    let wanted = request.model.as_deref();
+    let local = state.models.llm_info().map(|info| info.name.as_str());
+    let auto = wanted == Some("auto");
+    let elsewhere = match wanted {
+        Some(name) if !auto && Some(name) != local && state.servers.find(name).is_none() => {
+            let status = state.mesh.status().await?;
+            status.nodes.iter().any(|n| {
+                !n.is_self
+                    && n.models
+                        .iter()
+                        .any(|m| m.name == name && m.degraded.is_none())
+            })
+        }
+        _ => false,
+    };
+    if !auto && !elsewhere {
+        return Ok(None);
+    }
+    let text = request
+        .messages
+        .iter()
+        .rev()
+        .find(|m| m.role == "user")
+        .map(|m| m.content.clone())
+        .ok_or_else(|| bad_request("no user message to route"))?;
+    let intent = crate::intent::IntentRequest {
+        text,
+        dry_run: false,
+        max_tokens: Some(request.max_tokens.unwrap_or(256).clamp(1, 4096)),
+        messages: Some(request.messages.clone()),
+        temperature: request.temperature,
+    };
+    let outcome = match wanted {
+        Some(name) if !auto => intents.run_model(name, &intent).await?,
+        _ => intents.run(&intent).await?,
+    };
+    let Some(result) = outcome.result else {
+        return Err(ApiError {
+            status: StatusCode::BAD_GATEWAY,
+            kind: "no_result",
+            message: "the mesh returned no result".into(),
+        });
+    };
+    let hops = outcome.path.len().saturating_sub(1);
+    let route = format!(
+        "{}; {}; {hops} hop{}",
+        result.node,
+        result.capability,
+        if hops == 1 { "" } else { "s" }
+    );
+    let model = result
+        .model
+        .clone()
+        .unwrap_or_else(|| result.capability.clone());
+    let created = atmosphere_auth::unix_now();
+    let id = format!("chatcmpl-{created:x}{:04x}", rand::random::<u16>());
+    let header = [(ROUTE_HEADER, route)];
+    if !request.stream {
+        let body = ChatResponse {
+            id,
+            object: "chat.completion".into(),
+            created,
+            model,
+            choices: vec![Choice {
+                index: 0,
+                message: ChatMessage {
+                    role: "assistant".into(),
+                    content: result.text,
+                },
+                finish_reason: "stop".into(),
+            }],
+            usage: Usage {
+                prompt_tokens: result.prompt_tokens,
+                completion_tokens: result.completion_tokens,
+                total_tokens: result.prompt_tokens + result.completion_tokens,
+            },
+        };
+        return Ok(Some((header, Json(body)).into_response()));
+    }
+    let chunk =
+        |delta: serde_json::Value, finish: Option<&str>| {
+            Ok::<_, std::convert::Infallible>(Event::default().data(
+            serde_json::json!({
+                "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            })
+            .to_string(),
+        ))
+        };
+    let events = vec![
+        chunk(serde_json::json!({"role": "assistant"}), None),
+        chunk(serde_json::json!({"content": result.text}), None),
+        chunk(serde_json::json!({}), Some("stop")),
+        Ok(Event::default().data("[DONE]")),
+    ];
+    Ok(Some(
+        (header, Sse::new(tokio_stream::iter(events))).into_response(),
+    ))
+}
+
+impl From<crate::intent::IntentError> for ApiError {
+    fn from(error: crate::intent::IntentError) -> Self {
+        use crate::intent::IntentError;
+        let (status, kind) = match &error {
+            IntentError::Empty => (StatusCode::BAD_REQUEST, "invalid"),
+            IntentError::Embed(_) => (StatusCode::SERVICE_UNAVAILABLE, "no_embeddings"),
+            IntentError::NoProvider { .. } => (StatusCode::NOT_FOUND, "model_not_found"),
+            IntentError::AllFailed(_) => (StatusCode::BAD_GATEWAY, "all_failed"),
+            _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        };
+        Self {
+            status,
+            kind,
+            message: error.to_string(),
+        }
+    }
+}
+
 /// `POST /v1/embeddings` body.
 #[derive(Debug, Clone, Deserialize)]
 pub struct EmbeddingsRequest {
@@ -335,18 +470,53 @@ pub async fn embeddings(
 }
 
 pub async fn models(State(state): State<ApiState>) -> Json<serde_json::Value> {
-    let mut adverts = state.models.adverts();
-    adverts.extend(state.servers.adverts());
-    let data: Vec<serde_json::Value> = adverts
+    let mut adverts: Vec<(String, atmosphere_proto::ModelAdvert)> = Vec::new();
+    adverts.extend(
+        state
+            .models
+            .adverts()
+            .into_iter()
+            .map(|m| (state.node_name.clone(), m)),
+    );
+    adverts.extend(
+        state
+            .servers
+            .adverts()
+            .into_iter()
+            .map(|m| (state.node_name.clone(), m)),
+    );
+    // The rest of the mesh's healthy models: a request naming one is run on its node.
+    if state.intents.is_some()
+        && let Ok(status) = state.mesh.status().await
+    {
+        for node in status
+            .nodes
+            .iter()
+            .filter(|n| !n.is_self && n.status == atmosphere_mesh::Status::Alive)
+        {
+            for model in node.models.iter().filter(|m| m.degraded.is_none()) {
+                if !adverts.iter().any(|(_, m)| m.name == model.name) {
+                    adverts.push((node.name.clone(), model.clone()));
+                }
+            }
+        }
+    }
+    let mut data: Vec<serde_json::Value> = adverts
         .into_iter()
-        .map(|m| {
+        .map(|(node, m)| {
             serde_json::json!({
-                "id": m.name, "object": "model", "owned_by": m.backend,
+                "id": m.name, "object": "model", "owned_by": m.backend, "node": node,
                 "kind": m.kind, "family": m.family, "parameters": m.parameters, "size": m.size,
                 "quantization": m.quantization, "context_length": m.context_length,
                 "tokens_per_second": m.tokens_per_second, "degraded": m.degraded,
             })
         })
         .collect();
+    if state.intents.is_some() {
+        data.push(serde_json::json!({
+            "id": "auto", "object": "model", "owned_by": "atmosphere", "node": state.node_name,
+            "kind": "router", "description": "routes each request by intent to the node and model that fit",
+        }));
+    }
     Json(serde_json::json!({"object": "list", "data": data}))
 }

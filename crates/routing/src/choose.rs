@@ -104,10 +104,11 @@ pub struct Ranked {
 
 /// What model size is worth, in gradient-cost units, across the sizes on offer (smallest to
 /// largest): a demanding intent pays up to this much for the smallest model, a simple one up to
-/// the second for the largest. Larger than the cost differences load and a hop make on a LAN,
-/// so the intent decides the tier and the network decides among equals.
-const TIER_DEMANDING: f64 = 5.0;
-const TIER_SIMPLE: f64 = 2.0;
+/// the second for the largest. Larger than the cost differences a hop and ordinary load make on a
+/// LAN (the gradient table weighs one unit of load per core at 10), so the intent decides the
+/// tier and the network decides among equals or when a node is swamped.
+const TIER_DEMANDING: f64 = 10.0;
+const TIER_SIMPLE: f64 = 5.0;
 
 /// Orders the candidates, best first. `complexity` is `None` for capabilities that are not
 /// language models (the gradient cost alone decides).

@@ -114,7 +114,9 @@ async fn a_node_serves_its_real_models_over_the_openai_api_and_advertises_them()
         .json()
         .await
         .unwrap();
-    assert_eq!(models["data"].as_array().unwrap().len(), 2, "{models}");
+    // Its two models and `auto`, the router.
+    assert_eq!(models["data"].as_array().unwrap().len(), 3, "{models}");
+    assert_eq!(models["data"][2]["id"], "auto", "{models}");
     let answer: serde_json::Value = http
         .post(format!("http://{api}/v1/chat/completions"))
         .json(&serde_json::json!({
@@ -516,6 +518,50 @@ async fn intents_route_by_capability_and_model_size_and_survive_a_lost_node() {
         "{out}"
     );
     assert!(out.contains("← Result: "), "{out}");
+
+    // The OpenAI front door: `auto` routes by intent and says where in a header; a model only
+    // another node serves runs there.
+    let chat = |model: &str, content: &str| {
+        http()
+            .post(format!("http://{api}/v1/chat/completions"))
+            .json(&serde_json::json!({
+                "model": model, "max_tokens": 16,
+                "messages": [{"role": "user", "content": content}],
+            }))
+            .send()
+    };
+    let routed = chat("auto", text).await.unwrap();
+    assert!(routed.status().is_success());
+    let route = routed.headers()["x-atmosphere-route"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(route, "Dell-Server; llm; 1 hop");
+    let body: serde_json::Value = routed.json().await.unwrap();
+    assert_eq!(body["model"], "gemma-3-270m", "{body}");
+    let named = chat("gemma-3-270m", "What's 2+2?").await.unwrap();
+    assert_eq!(
+        named.headers()["x-atmosphere-route"],
+        "Dell-Server; llm; 1 hop"
+    );
+    let models: serde_json::Value = http()
+        .get(format!("http://{api}/v1/models"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["id"].as_str())
+        .collect();
+    assert!(
+        ids.contains(&"gemma-3-270m") && ids.contains(&"auto"),
+        "{models}"
+    );
 
     // Step 7: the larger node drops off the network; the same intent answers from the Mac.
     cli(&["--api", &api, "node", "disconnect", "Dell-Server"]);
