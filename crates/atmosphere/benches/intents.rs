@@ -1,0 +1,143 @@
+//! Intent routing benchmark on real node processes: route decision latency (embedding included),
+//! the mesh's overhead on a remote intent (route + transport, without the model's time), and how
+//! many intents one node routes per second. Prints a table.
+//!
+//! `cargo bench -p atmosphere --profile dev --features llama-cpp --bench intents`
+
+#[allow(dead_code)]
+#[path = "../tests/it/kit.rs"]
+mod kit;
+
+use std::time::{Duration, Instant};
+
+use kit::*;
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index]
+}
+
+async fn post(api: &str, path: &str, body: serde_json::Value) -> serde_json::Value {
+    let response = http()
+        .post(format!("http://{api}{path}"))
+        .json(&body)
+        .send()
+        .await
+        .expect("request");
+    assert!(response.status().is_success(), "{path}: {}", response.status());
+    response.json().await.expect("json")
+}
+
+const TEXTS: [&str; 6] = [
+    "turn on the porch light",
+    "what does our policy say about guests",
+    "is there a car in the driveway",
+    "What's 2+2?",
+    "notify me when the dryer finishes",
+    "how much memory is free on the server",
+];
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mesh = unique_mesh("bench");
+    let mut args = loopback_args(&mesh, "off", &[], &[]);
+    args.extend(["--llm", "smollm2", "--no-warmup"].map(String::from));
+    let mac = start("Mac-Studio", &dir.path().join("mac"), &args).await;
+    let mut args = loopback_args(&mesh, "off", &[], &[mac.bootstrap_line()]);
+    args.extend(["--llm", "gemma3", "--no-warmup"].map(String::from));
+    let dell = start("Dell-Server", &dir.path().join("dell"), &args).await;
+    form_mesh(&[&mac, &dell]);
+    all_alive(
+        &[mac.api(), dell.api()],
+        &[mac.id(), dell.id()],
+        Duration::from_secs(30),
+    )
+    .await;
+    let api = mac.api();
+    // First use builds the router (embeds the descriptors) and loads the models.
+    let started = Instant::now();
+    post(&api, "/v1/route", serde_json::json!({"texts": ["warm up"]})).await;
+    let router_ready = started.elapsed();
+    for text in ["What's 2+2?", "Analyze the security implications of our network topology"] {
+        post(&api, "/v1/intent", serde_json::json!({"text": text, "max_tokens": 1})).await;
+    }
+
+    // Route decisions, one at a time: server-side time (embed + classify + rank) and the HTTP
+    // round trip a client sees.
+    let mut server_ms = Vec::new();
+    let mut client_ms = Vec::new();
+    for i in 0..300 {
+        let text = TEXTS[i % TEXTS.len()];
+        let sent = Instant::now();
+        let decisions = post(&api, "/v1/route", serde_json::json!({"texts": [text]})).await;
+        client_ms.push(sent.elapsed().as_secs_f64() * 1000.0);
+        server_ms.push(decisions[0]["route_ms"].as_f64().unwrap_or(0.0));
+    }
+    server_ms.sort_by(f64::total_cmp);
+    client_ms.sort_by(f64::total_cmp);
+
+    // Remote intents: the mesh's share of the time (total minus routing minus the model's time
+    // on the remote node), with a one-token answer.
+    let mut overhead_ms = Vec::new();
+    for _ in 0..30 {
+        let outcome = post(
+            &api,
+            "/v1/intent",
+            serde_json::json!({"text": "Analyze the security implications of our network topology", "max_tokens": 1}),
+        )
+        .await;
+        assert_eq!(outcome["result"]["node"], "Dell-Server", "{outcome}");
+        let total = outcome["total_ms"].as_f64().unwrap_or(0.0);
+        let route = outcome["decision"]["route_ms"].as_f64().unwrap_or(0.0);
+        let model = outcome["result"]["ms"].as_f64().unwrap_or(0.0);
+        overhead_ms.push(total - route - model);
+    }
+    overhead_ms.sort_by(f64::total_cmp);
+
+    // Throughput: route decisions with 4 clients at once, batches of one.
+    let count = 400usize;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for client in 0..4 {
+        let api = api.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..count / 4 {
+                let text = TEXTS[(i + client) % TEXTS.len()];
+                post(&api, "/v1/route", serde_json::json!({"texts": [text]})).await;
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("client");
+    }
+    let per_second = count as f64 / started.elapsed().as_secs_f64();
+
+    println!("## Intent routing (2 node processes on 127.0.0.1, 2 cores)\n");
+    println!("| measure | p50 | p99 |");
+    println!("|---|---:|---:|");
+    println!(
+        "| route decision, in the node (embed + classify + rank) | {:.2} ms | {:.2} ms |",
+        percentile(&server_ms, 0.5),
+        percentile(&server_ms, 0.99)
+    );
+    println!(
+        "| route decision, HTTP round trip | {:.2} ms | {:.2} ms |",
+        percentile(&client_ms, 0.5),
+        percentile(&client_ms, 0.99)
+    );
+    println!(
+        "| remote intent overhead (total − route − model, 1 hop) | {:.2} ms | {:.2} ms |",
+        percentile(&overhead_ms, 0.5),
+        percentile(&overhead_ms, 0.99)
+    );
+    println!("\n| measure | value |");
+    println!("|---|---:|");
+    println!("| route decisions per second, one node, 4 clients | {per_second:.0} |");
+    println!("| router ready (descriptors embedded) | {router_ready:.2?} |");
+    drop((mac, dell));
+}
