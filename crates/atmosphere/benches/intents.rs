@@ -27,7 +27,11 @@ async fn post(api: &str, path: &str, body: serde_json::Value) -> serde_json::Val
         .send()
         .await
         .expect("request");
-    assert!(response.status().is_success(), "{path}: {}", response.status());
+    assert!(
+        response.status().is_success(),
+        "{path}: {}",
+        response.status()
+    );
     response.json().await.expect("json")
 }
 
@@ -63,8 +67,16 @@ async fn main() {
     let started = Instant::now();
     post(&api, "/v1/route", serde_json::json!({"texts": ["warm up"]})).await;
     let router_ready = started.elapsed();
-    for text in ["What's 2+2?", "Analyze the security implications of our network topology"] {
-        post(&api, "/v1/intent", serde_json::json!({"text": text, "max_tokens": 1})).await;
+    for text in [
+        "What's 2+2?",
+        "Analyze the security implications of our network topology",
+    ] {
+        post(
+            &api,
+            "/v1/intent",
+            serde_json::json!({"text": text, "max_tokens": 1}),
+        )
+        .await;
     }
 
     // Route decisions, one at a time: server-side time (embed + classify + rank) and the HTTP
