@@ -136,7 +136,9 @@ impl ModelServers {
                 };
                 let mut state = server.state.lock().unwrap_or_else(|e| e.into_inner());
                 match outcome {
-                    Ok(models) => {
+                    Ok(mut models) => {
+                        // Another Atmosphere node lists its router as `auto`: not a model.
+                        models.retain(|m| m.name != "auto");
                         if state.degraded.is_some() {
                             info!(url = %server.url, models = models.len(), "model server healthy");
                         }

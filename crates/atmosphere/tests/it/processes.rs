@@ -222,7 +222,8 @@ async fn the_openai_adapter_talks_to_a_real_server_process() {
     let openai =
         Adapter::openai(&format!("http://{}", node.api()), Duration::from_secs(60)).unwrap();
     openai.health().await.unwrap();
-    assert_eq!(openai.list_models().await.unwrap().len(), 2);
+    // Its chat model, its embeddings and `auto`, the router.
+    assert_eq!(openai.list_models().await.unwrap().len(), 3);
     let options = GenerateOptions {
         max_tokens: 16,
         ..GenerateOptions::default()
