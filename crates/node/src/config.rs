@@ -57,6 +57,18 @@ pub struct NodeConfig {
     pub gossip: GossipSection,
     pub models: ModelsSection,
     pub llamafarm: LlamaFarmSection,
+    /// Capabilities this node describes for the router beyond the built-in ones: a description
+    /// and how people ask for it. Each is offered as a capability and its descriptor gossiped.
+    pub descriptors: Vec<DescriptorSection>,
+}
+
+/// `[[descriptors]]`: a capability in people's words.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DescriptorSection {
+    pub capability: String,
+    pub description: String,
+    pub examples: Vec<String>,
 }
 
 /// The LlamaFarm project (`llamafarm.yaml`) this node uses, kept in sync with the mesh: an edit of
@@ -189,6 +201,7 @@ impl Default for NodeConfig {
             gossip: GossipSection::default(),
             models: ModelsSection::default(),
             llamafarm: LlamaFarmSection::default(),
+            descriptors: Vec::new(),
         }
     }
 }
@@ -276,9 +289,29 @@ impl NodeConfig {
                 "name is empty: set `name = \"...\"` or pass --name".into(),
             ));
         }
+        for d in &self.descriptors {
+            let valid_name = !d.capability.is_empty()
+                && d.capability.len() <= 64
+                && d.capability
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | ':'));
+            if !valid_name || d.examples.is_empty() || d.examples.len() > 64 {
+                return Err(ConfigError::Invalid(format!(
+                    "descriptor {:?}: the capability is letters, digits, '-', '_' or ':' (at most \
+                     64), with 1 to 64 examples",
+                    d.capability
+                )));
+            }
+        }
         let mut mesh = MeshConfig::new(self.name.trim());
         mesh.generation = generation;
         mesh.capabilities = self.capability_list();
+        for d in &self.descriptors {
+            let capability = Capability::new(d.capability.clone(), None);
+            if !mesh.capabilities.contains(&capability) {
+                mesh.capabilities.push(capability);
+            }
+        }
         mesh.bootstrap = self.bootstrap_peers()?;
         mesh.gossip_interval = self.gossip.interval;
         mesh.call_timeout = (self.gossip.interval * 2).max(Duration::from_millis(500));
@@ -361,6 +394,13 @@ health_interval = "5s"  # how often model servers are checked; a failing one is 
 # config = "/etc/atmosphere/llamafarm.yaml"
 # project = "default/home"                 # without `config`: kept in <data_dir>/llamafarm.yaml
 # server = "http://127.0.0.1:14345"        # a LlamaFarm server to front for the project
+
+# Capabilities in people's words, for the router (repeat for several); gossiped with their
+# embeddings so every node can route to them.
+# [[descriptors]]
+# capability = "garden"
+# description = "Watering the garden: sprinklers, valves and soil moisture."
+# examples = ["water the tomatoes", "is the soil in the greenhouse dry", "turn the sprinklers off"]
 
 [gossip]
 interval = "500ms"          # time between rounds

@@ -180,6 +180,15 @@ pub async fn run(
         mesh_config.name.clone(),
         models.clone(),
         servers.clone(),
+        config
+            .descriptors
+            .iter()
+            .map(|d| atmosphere_routing::Descriptor {
+                capability: d.capability.clone(),
+                description: d.description.clone(),
+                examples: d.examples.clone(),
+            })
+            .collect(),
     );
     let intents_task = tokio::spawn(crate::intent::run(
         intents.clone(),

@@ -8,12 +8,15 @@ use std::time::{Duration, Instant};
 
 use atmosphere_backends::{ChatMessage, GenerateOptions};
 use atmosphere_mesh::{Mesh, MeshError, Status};
+use atmosphere_proto::record::{DescriptorsKey, RecordKey};
 use atmosphere_proto::{ErrorCode, ModelKind, NodeId, Request, Response, RoutedBody, RoutedReply};
 use atmosphere_routing::{
-    Candidate, Classifier, Complexity, GENERAL, OUT_OF_SCOPE, Params, Ranked, Scored, builtin,
-    complexity_descriptors, rank,
+    Advertised, Candidate, Classifier, Complexity, Descriptor, EmbeddedDescriptor, GENERAL,
+    OUT_OF_SCOPE, Params, Ranked, Scored, builtin, complexity_descriptors, rank,
 };
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use tokio::sync::OnceCell;
 use tracing::{info, warn};
 
@@ -158,6 +161,12 @@ struct Router {
     complexity: Complexity,
 }
 
+/// What every router on this node starts from: the built-in descriptors, embedded once.
+struct Base {
+    builtin: Vec<(EmbeddedDescriptor, Vec<String>)>,
+    complexity: Complexity,
+}
+
 /// The intent service of one node.
 #[derive(Clone)]
 pub struct Intents {
@@ -169,14 +178,21 @@ struct Inner {
     node_name: String,
     models: Arc<LocalModels>,
     servers: Arc<ModelServers>,
-    router: OnceCell<Router>,
+    /// This node's own descriptors (from its config).
+    own: Vec<Descriptor>,
+    base: OnceCell<Base>,
+    /// Descriptors nodes advertise (this one included), by node.
+    advertised: std::sync::Mutex<BTreeMap<NodeId, Vec<Advertised>>>,
+    /// Bumped whenever `advertised` changes; the router is rebuilt when it lags.
+    generation: AtomicU64,
+    router: tokio::sync::RwLock<Option<(u64, Arc<Router>)>>,
 }
 
 impl std::fmt::Debug for Intents {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Intents")
             .field("node", &self.inner.node_name)
-            .field("ready", &self.inner.router.initialized())
+            .field("ready", &self.inner.base.initialized())
             .finish()
     }
 }
@@ -191,6 +207,7 @@ impl Intents {
         node_name: String,
         models: Arc<LocalModels>,
         servers: Arc<ModelServers>,
+        own: Vec<Descriptor>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -198,55 +215,136 @@ impl Intents {
                 node_name,
                 models,
                 servers,
-                router: OnceCell::new(),
+                own,
+                base: OnceCell::new(),
+                advertised: std::sync::Mutex::new(BTreeMap::new()),
+                generation: AtomicU64::new(0),
+                router: tokio::sync::RwLock::new(None),
             }),
         }
     }
 
-    /// Embeds the descriptors once (on first use, or ahead of it by [`Intents::warm_up`]).
-    async fn router(&self) -> Result<&Router, IntentError> {
+    async fn embed_descriptors(
+        &self,
+        descriptors: &[&Descriptor],
+    ) -> Result<Vec<(EmbeddedDescriptor, Vec<String>)>, IntentError> {
+        let texts: Vec<String> = descriptors
+            .iter()
+            .flat_map(|d| d.texts().into_iter().map(str::to_owned))
+            .collect();
+        let vectors = self
+            .inner
+            .models
+            .embed_for_routing(texts)
+            .await
+            .map_err(|e| IntentError::Embed(e.to_string()))?;
+        let mut offset = 0;
+        Ok(descriptors
+            .iter()
+            .map(|d| {
+                let texts: Vec<String> = d.texts().into_iter().map(str::to_owned).collect();
+                let n = texts.len();
+                let embedded = d.embedded(&vectors[offset..offset + n]);
+                offset += n;
+                (embedded, texts)
+            })
+            .collect())
+    }
+
+    fn advertised(&self) -> std::sync::MutexGuard<'_, BTreeMap<NodeId, Vec<Advertised>>> {
         self.inner
-            .router
+            .advertised
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A peer's `descriptors` value changed.
+    fn learn(&self, node: NodeId, bytes: &[u8]) {
+        match Advertised::decode_list(bytes, atmosphere_backends::EMBEDDING_DIM) {
+            Ok(list) => {
+                self.advertised().insert(node, list);
+                self.inner.generation.fetch_add(1, AtomicOrdering::Relaxed);
+            }
+            Err(e) => warn!(peer = %node.short(), "bad descriptors: {e}"),
+        }
+    }
+
+    /// The built-in descriptors, embedded once.
+    async fn base(&self) -> Result<&Base, IntentError> {
+        self.inner
+            .base
             .get_or_try_init(|| async {
                 let started = Instant::now();
                 let descriptors = builtin();
                 let [demanding, quick] = complexity_descriptors();
-                let mut texts: Vec<String> = Vec::new();
-                for d in descriptors.iter().chain([&demanding, &quick]) {
-                    texts.extend(d.texts().into_iter().map(str::to_owned));
-                }
-                let vectors = self
-                    .inner
-                    .models
-                    .embed_for_routing(texts)
-                    .await
-                    .map_err(|e| IntentError::Embed(e.to_string()))?;
-                let mut offset = 0;
-                let mut embed = |d: &atmosphere_routing::Descriptor| {
-                    let n = d.texts().len();
-                    let embedded = d.embedded(&vectors[offset..offset + n]);
-                    offset += n;
-                    let texts = d.texts().into_iter().map(str::to_owned).collect();
-                    (embedded, texts)
-                };
-                let catalog: Vec<_> = descriptors.iter().map(&mut embed).collect();
-                let (demanding, _) = embed(&demanding);
-                let (quick, _) = embed(&quick);
-                let router = Router {
-                    classifier: Classifier::new(&catalog, Params::default()),
-                    complexity: Complexity::new(&demanding, &quick),
-                };
+                let mut all: Vec<&Descriptor> = descriptors.iter().collect();
+                all.push(&demanding);
+                all.push(&quick);
+                let mut embedded = self.embed_descriptors(&all).await?;
+                let (quick, _) = embedded.pop().ok_or(IntentError::Empty)?;
+                let (demanding, _) = embedded.pop().ok_or(IntentError::Empty)?;
                 info!(
                     ms = started.elapsed().as_millis() as u64,
-                    "router ready: capability descriptors embedded"
+                    "router: built-in descriptors embedded"
                 );
-                Ok(router)
+                Ok(Base {
+                    builtin: embedded,
+                    complexity: Complexity::new(&demanding, &quick),
+                })
             })
             .await
     }
 
+    /// The router over the built-in and the advertised descriptors, rebuilt when those change.
+    async fn router(&self) -> Result<Arc<Router>, IntentError> {
+        let base = self.base().await?;
+        let generation = self.inner.generation.load(AtomicOrdering::Relaxed);
+        if let Some((built, router)) = self.inner.router.read().await.as_ref()
+            && *built == generation
+        {
+            return Ok(router.clone());
+        }
+        let mut catalog = base.builtin.clone();
+        for list in self.advertised().values() {
+            catalog.extend(list.iter().map(|a| (a.descriptor.clone(), a.texts.clone())));
+        }
+        let classifier =
+            tokio::task::spawn_blocking(move || Classifier::new(&catalog, Params::default()))
+                .await
+                .map_err(|e| IntentError::Embed(e.to_string()))?;
+        let router = Arc::new(Router {
+            classifier,
+            complexity: base.complexity.clone(),
+        });
+        *self.inner.router.write().await = Some((generation, router.clone()));
+        Ok(router)
+    }
+
+    /// Embeds this node's own descriptors and gossips them.
+    async fn advertise(&self) -> Result<(), IntentError> {
+        let own: Vec<&Descriptor> = self.inner.own.iter().collect();
+        let embedded = self.embed_descriptors(&own).await?;
+        let list: Vec<Advertised> = embedded
+            .into_iter()
+            .map(|(descriptor, texts)| Advertised { descriptor, texts })
+            .collect();
+        let bytes = Advertised::encode_list(&list);
+        self.advertised().insert(self.inner.mesh.id(), list);
+        self.inner.generation.fetch_add(1, AtomicOrdering::Relaxed);
+        self.inner
+            .mesh
+            .set_value(DescriptorsKey::KEY, bytes, true)
+            .await?;
+        Ok(())
+    }
+
     /// Builds the router ahead of the first intent.
     pub async fn warm_up(&self) {
+        if !self.inner.own.is_empty()
+            && let Err(e) = self.advertise().await
+        {
+            warn!("descriptors not advertised: {e}");
+        }
         if let Err(e) = self.router().await {
             warn!("router not ready: {e}");
         }
@@ -745,9 +843,20 @@ pub async fn run(
 ) {
     let warm = intents.clone();
     tokio::spawn(async move { warm.warm_up().await });
+    let mut changes = intents.inner.mesh.subscribe();
     loop {
         tokio::select! {
             () = cancel.cancelled() => break,
+            change = changes.recv() => match change {
+                Ok(change) if change.key == DescriptorsKey::KEY => {
+                    intents.learn(change.node, &change.value);
+                }
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    warn!("intent service lagged {n} changes");
+                }
+                Err(_) => break,
+            },
             Some(incoming) = requests.recv() => {
                 let intents = intents.clone();
                 tokio::spawn(async move {

@@ -93,6 +93,15 @@ impl RecordKey for ConfigsKey {
     type Value = Vec<u8>;
 }
 
+/// The capability descriptors a node adds to the built-in ones (description, examples and their
+/// embeddings, computed once by that node); opaque to the mesh, read by the router.
+#[derive(Debug)]
+pub struct DescriptorsKey;
+impl RecordKey for DescriptorsKey {
+    const KEY: &'static str = "descriptors";
+    type Value = Vec<u8>;
+}
+
 /// Present (true) once the node has announced an orderly leave.
 #[derive(Debug)]
 pub struct LeftKey;

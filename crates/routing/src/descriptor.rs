@@ -52,6 +52,53 @@ impl Descriptor {
     }
 }
 
+/// Descriptors a node gossips (under `descriptors`): its own capabilities' descriptions and
+/// example texts with their vectors, embedded once by that node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Advertised {
+    pub descriptor: EmbeddedDescriptor,
+    /// The texts behind `descriptor.vectors` (description first), for the trace.
+    pub texts: Vec<String>,
+}
+
+/// Limits on what a peer may gossip.
+pub const MAX_ADVERTISED: usize = 32;
+pub const MAX_EXAMPLES: usize = 64;
+
+impl Advertised {
+    /// Decodes a peer's `descriptors` value, dropping entries that break the limits or whose
+    /// vectors do not have `dims` dimensions.
+    pub fn decode_list(bytes: &[u8], dims: usize) -> Result<Vec<Self>, String> {
+        let list: Vec<Self> = postcard::from_bytes(bytes).map_err(|e| e.to_string())?;
+        if list.len() > MAX_ADVERTISED {
+            return Err(format!(
+                "{} descriptors; at most {MAX_ADVERTISED}",
+                list.len()
+            ));
+        }
+        Ok(list
+            .into_iter()
+            .filter(|a| {
+                let d = &a.descriptor;
+                !d.vectors.is_empty()
+                    && d.vectors.len() <= MAX_EXAMPLES + 1
+                    && d.vectors.len() == a.texts.len()
+                    && d.vectors
+                        .iter()
+                        .all(|v| v.len() == dims && v.scale.is_finite())
+                    && !d.capability.is_empty()
+                    && d.capability.len() <= 64
+                    && d.description.len() <= 1024
+                    && a.texts.iter().all(|t| t.len() <= 1024)
+            })
+            .collect())
+    }
+
+    pub fn encode_list(list: &[Self]) -> Vec<u8> {
+        postcard::to_allocvec(list).unwrap_or_default()
+    }
+}
+
 /// The capabilities every node knows how to describe.
 pub fn builtin() -> Vec<Descriptor> {
     vec![
@@ -416,4 +463,35 @@ pub fn builtin() -> Vec<Descriptor> {
             ],
         ),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn advertised(capability: &str, dims: usize, vectors: usize) -> Advertised {
+        let descriptor = Descriptor {
+            capability: capability.into(),
+            description: "d".into(),
+            examples: (1..vectors).map(|i| format!("e{i}")).collect(),
+        };
+        let embedded = descriptor.embedded(&vec![vec![0.1; dims]; vectors]);
+        Advertised {
+            descriptor: embedded,
+            texts: descriptor.texts().iter().map(|t| (*t).to_owned()).collect(),
+        }
+    }
+
+    #[test]
+    fn gossiped_descriptors_round_trip_and_bad_ones_are_dropped() {
+        let good = advertised("garden", 384, 3);
+        let wrong_dims = advertised("pool", 12, 3);
+        let bytes = Advertised::encode_list(&[good.clone(), wrong_dims]);
+        assert_eq!(Advertised::decode_list(&bytes, 384).unwrap(), vec![good]);
+        let flood: Vec<Advertised> = (0..MAX_ADVERTISED + 1)
+            .map(|i| advertised(&format!("c{i}"), 4, 1))
+            .collect();
+        assert!(Advertised::decode_list(&Advertised::encode_list(&flood), 4).is_err());
+        assert!(Advertised::decode_list(b"\xff\xff\xff\xff", 384).is_err());
+    }
 }

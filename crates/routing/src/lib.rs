@@ -12,7 +12,7 @@ pub mod vector;
 
 pub use choose::{Candidate, Complexity, Ranked, complexity_descriptors, rank};
 pub use classify::{Classification, Classifier, Params, Scored};
-pub use descriptor::{Descriptor, EmbeddedDescriptor, builtin};
+pub use descriptor::{Advertised, Descriptor, EmbeddedDescriptor, builtin};
 pub use vector::QVec;
 
 /// The class of requests no capability in the mesh serves (shopping, calls, playback, …): they go

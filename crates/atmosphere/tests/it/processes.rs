@@ -570,3 +570,67 @@ async fn intents_route_by_capability_and_model_size_and_survive_a_lost_node() {
     assert_eq!(fallback["result"]["node"], "Mac-Studio", "{fallback}");
     cli(&["--api", &api, "node", "reconnect", "Dell-Server"]);
 }
+
+/// A capability a node describes in its config travels in gossip with its embeddings: another
+/// node's router then routes people's words for it there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_described_capability_is_gossiped_and_routed_to() {
+    let dir = tempfile::tempdir().unwrap();
+    let mesh = unique_mesh("describe");
+    let a = start(
+        "house",
+        &dir.path().join("a"),
+        &loopback_args(&mesh, "off", &[], &[]),
+    )
+    .await;
+    let config = dir.path().join("garden.toml");
+    std::fs::write(
+        &config,
+        r#"
+[[descriptors]]
+capability = "garden"
+description = "Watering the garden and the greenhouse: sprinklers, valves and soil moisture."
+examples = [
+    "water the tomatoes",
+    "turn the sprinklers on for ten minutes",
+    "is the soil in the greenhouse dry",
+    "stop watering the lawn",
+    "how wet is the vegetable bed",
+]
+"#,
+    )
+    .unwrap();
+    let mut args = loopback_args(&mesh, "off", &[], &[a.bootstrap_line()]);
+    args.extend(["--config".into(), config.display().to_string()]);
+    let b = start("shed", &dir.path().join("b"), &args).await;
+    form_mesh(&[&a, &b]);
+    all_alive(
+        &[a.api(), b.api()],
+        &[a.id(), b.id()],
+        Duration::from_secs(30),
+    )
+    .await;
+    let api = a.api();
+    // Words that are not among the examples.
+    let decision = eventually(
+        Duration::from_secs(60),
+        "the garden descriptor reaches the house",
+        || async {
+            let body = http()
+                .post(format!("http://{api}/v1/route"))
+                .json(&serde_json::json!({"texts": ["please give the flower beds some water"]}))
+                .send()
+                .await
+                .ok()?
+                .json::<serde_json::Value>()
+                .await
+                .ok()?;
+            (body[0]["capability"] == "garden").then(|| body[0].clone())
+        },
+    )
+    .await;
+    assert_eq!(
+        decision["candidates"][0]["candidate"]["node"], "shed",
+        "{decision}"
+    );
+}
