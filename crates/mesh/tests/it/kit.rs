@@ -36,6 +36,27 @@ pub fn start_mem(
     bootstrap: &[NodeId],
     generation: u64,
 ) -> MemNode {
+    start_mem_with(
+        network,
+        n,
+        name,
+        capabilities,
+        bootstrap,
+        generation,
+        Default::default(),
+    )
+}
+
+/// [`start_mem`] with hooks (e.g. an `app_tx` that serves routed work).
+pub fn start_mem_with(
+    network: &MemNetwork,
+    n: u8,
+    name: &str,
+    capabilities: &[&str],
+    bootstrap: &[NodeId],
+    generation: u64,
+    hooks: atmosphere_mesh::Hooks,
+) -> MemNode {
     let id = mem_id(n);
     let (transport, incoming_rx) = network.endpoint(id);
     let mut config = MeshConfig::for_test(name);
@@ -48,12 +69,7 @@ pub fn start_mem(
             addrs: vec![],
         })
         .collect();
-    let (mesh, _join) = Mesh::spawn(
-        Arc::clone(&transport),
-        incoming_rx,
-        Default::default(),
-        config,
-    );
+    let (mesh, _join) = Mesh::spawn(Arc::clone(&transport), incoming_rx, hooks, config);
     MemNode { id, mesh }
 }
 

@@ -201,3 +201,61 @@ async fn unknown_names_are_a_clear_error() {
     let err = a.mesh.resolve("nobody").await.unwrap_err();
     assert!(err.to_string().contains("nobody"), "{err}");
 }
+
+/// Routed work crosses a relay to the destination's service and its answer comes back the same
+/// way; a node without that service says so.
+#[tokio::test]
+async fn work_travels_over_a_relay_to_the_destinations_service() {
+    use atmosphere_proto::{Request, Response, RoutedBody, RoutedReply};
+    let network = MemNetwork::new();
+    let (app_tx, mut app_rx) = tokio::sync::mpsc::channel(8);
+    let a = start_mem(&network, 1, "a", &[], &[], 1);
+    let b = start_mem(&network, 2, "b", &[], &[a.id], 1);
+    let hooks = atmosphere_mesh::Hooks {
+        discovered_rx: None,
+        app_tx: Some(app_tx),
+    };
+    let c = start_mem_with(&network, 3, "c", &["llm"], &[b.id], 1, hooks);
+    // c's service: upper-cases the payload of `shout` work.
+    tokio::spawn(async move {
+        while let Some(incoming) = app_rx.recv().await {
+            let response = match incoming.request {
+                Request::Routed {
+                    path,
+                    body: RoutedBody::Work { kind, payload, .. },
+                    ..
+                } if kind == "shout" => Response::Routed {
+                    path,
+                    reply: RoutedReply::Work {
+                        payload: payload.to_ascii_uppercase(),
+                    },
+                },
+                _ => Response::Done,
+            };
+            let _ = incoming.reply_tx.send(response);
+        }
+    });
+    all_see_alive(&[&a.mesh, &b.mesh, &c.mesh], &[a.id, b.id, c.id], DEADLINE).await;
+    network.cut(a.id, c.id);
+    eventually(DEADLINE, "c reached through b", || async {
+        let routes = a.mesh.routes().await.ok()?;
+        routes
+            .into_iter()
+            .find(|r| r.capability.name == "llm" && r.hops == 2)
+    })
+    .await;
+    let result = a
+        .mesh
+        .work(c.id, "shout", b"hello".to_vec(), Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(result.payload, b"HELLO");
+    assert_eq!(result.path, vec![a.id, b.id, c.id]);
+    // b runs no services: a clear error, not a hang.
+    let err = a
+        .mesh
+        .work(b.id, "shout", b"x".to_vec(), Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("no services"), "{err}");
+}
