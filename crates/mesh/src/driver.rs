@@ -253,6 +253,8 @@ enum Internal {
     Outcome {
         provider: NodeId,
         success: bool,
+        /// Round trip of a successful request.
+        elapsed: Option<Duration>,
     },
 }
 
@@ -628,8 +630,15 @@ impl<T: Transport> Actor<T> {
                 debug!(peer = %peer.short(), "gossip call failed: {error}");
                 self.links.forget(&peer);
             }
-            Internal::Outcome { provider, success } => {
+            Internal::Outcome {
+                provider,
+                success,
+                elapsed,
+            } => {
                 self.gradient.record_outcome(provider, success, now);
+                if let Some(elapsed) = elapsed {
+                    self.gradient.record_latency(provider, elapsed);
+                }
             }
         }
     }
@@ -858,6 +867,7 @@ impl<T: Transport> Actor<T> {
                 .send(Internal::Outcome {
                     provider: dest,
                     success,
+                    elapsed: None,
                 })
                 .await;
             let _ = reply_tx.send(response);
@@ -1037,6 +1047,10 @@ impl<T: Transport> Actor<T> {
                 .send(Internal::Outcome {
                     provider: dest,
                     success: result.is_ok(),
+                    elapsed: result
+                        .as_ref()
+                        .ok()
+                        .map(|r| Duration::from_micros(r.elapsed_us)),
                 })
                 .await;
             let _ = reply_tx.send(result);
@@ -1094,6 +1108,7 @@ impl<T: Transport> Actor<T> {
                 .send(Internal::Outcome {
                     provider: dest,
                     success: result.is_ok(),
+                    elapsed: None,
                 })
                 .await;
             let _ = reply_tx.send(result);

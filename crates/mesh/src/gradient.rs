@@ -34,6 +34,9 @@ pub struct CostWeights {
     /// Cost of one recent failure (decays with `failure_half_life`).
     pub per_failure: f64,
     pub failure_half_life: Duration,
+    /// Cost per second of the provider's measured service time (moving average of the work it
+    /// answered for this node): slow providers get less of the work that has a choice.
+    pub per_service_s: f64,
 }
 
 impl Default for CostWeights {
@@ -45,6 +48,7 @@ impl Default for CostWeights {
             per_phi: 2.0,
             per_failure: 50.0,
             failure_half_life: Duration::from_secs(30),
+            per_service_s: 1.0,
         }
     }
 }
@@ -85,6 +89,8 @@ pub struct GradientTable {
     routes: BTreeMap<String, Vec<Route>>,
     paths: HashMap<NodeId, PathInfo>,
     penalties: HashMap<NodeId, Penalty>,
+    /// Moving average of each provider's service time, in seconds.
+    service_s: HashMap<NodeId, f64>,
     built_at: Option<Instant>,
 }
 
@@ -96,6 +102,7 @@ impl GradientTable {
             routes: BTreeMap::new(),
             paths: HashMap::new(),
             penalties: HashMap::new(),
+            service_s: HashMap::new(),
             built_at: None,
         }
     }
@@ -117,7 +124,8 @@ impl GradientTable {
                 + w.per_inflight * f64::from(load.inflight)
                 + w.per_cpu_load * f64::from(load.cpu_milli) / 1000.0
                 + w.per_phi * phi
-                + w.per_failure * penalty;
+                + w.per_failure * penalty
+                + w.per_service_s * self.service_s.get(&node.id).copied().unwrap_or(0.0);
             for capability in node.get::<CapabilitiesKey>().unwrap_or_default() {
                 routes
                     .entry(capability.name.clone())
@@ -180,6 +188,13 @@ impl GradientTable {
         } else {
             self.penalties.insert(provider, Penalty { score, at: now });
         }
+    }
+
+    /// Feeds a successful request's round-trip time into the provider's service-time average.
+    pub fn record_latency(&mut self, provider: NodeId, elapsed: Duration) {
+        let seconds = elapsed.as_secs_f64().min(600.0);
+        let average = self.service_s.entry(provider).or_insert(seconds);
+        *average = 0.7 * *average + 0.3 * seconds;
     }
 
     fn penalty(&self, node: &NodeId, now: Instant) -> f64 {
@@ -359,6 +374,30 @@ mod tests {
         let later = now + Duration::from_secs(600);
         table.rebuild(&membership, later);
         assert_eq!(table.best("llm").unwrap().provider, id(2));
+    }
+
+    #[test]
+    fn slow_providers_get_dearer_as_their_service_time_is_measured() {
+        let now = Instant::now();
+        let membership = view(
+            &[
+                (1, &[(2, 100), (3, 150)], &[]),
+                (2, &[(1, 100)], &["llm"]),
+                (3, &[(1, 150)], &["llm"]),
+            ],
+            now,
+        );
+        let mut table = GradientTable::new(id(1), CostWeights::default());
+        table.rebuild(&membership, now);
+        let before = table.best("llm").unwrap().cost;
+        assert_eq!(table.best("llm").unwrap().provider, id(2));
+        for _ in 0..5 {
+            table.record_latency(id(2), Duration::from_secs(3));
+            table.record_latency(id(3), Duration::from_millis(200));
+        }
+        table.rebuild(&membership, now);
+        assert_eq!(table.best("llm").unwrap().provider, id(3));
+        assert!(table.candidates("llm")[1].cost > before + 2.0);
     }
 
     #[test]
