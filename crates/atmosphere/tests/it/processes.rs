@@ -633,4 +633,46 @@ examples = [
         decision["candidates"][0]["candidate"]["node"], "shed",
         "{decision}"
     );
+
+    // `atmosphere route`: intents on stdin, one JSON line each; `--eval` scores a labelled file.
+    use std::io::Write;
+    let mut child = std::process::Command::new(BIN)
+        .args(["--api", &api, "route"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"please give the flower beds some water\n\nbook me a flight to Rome\n")
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success());
+    let lines: Vec<serde_json::Value> = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_eq!(lines[0]["capability"], "garden");
+    assert_eq!(lines[0]["node"], "shed");
+    assert_eq!(lines[1]["class"], "out-of-scope");
+    assert_eq!(lines[1]["fallback"], true);
+    let labelled = dir.path().join("labelled.jsonl");
+    std::fs::write(
+        &labelled,
+        "{\"text\": \"switch the sprinklers off in the vegetable garden\", \"capability\": \"garden\"}\n\
+         {\"text\": \"order a pizza\", \"capability\": \"out-of-scope\"}\n",
+    )
+    .unwrap();
+    let report = cli(&[
+        "--api",
+        &api,
+        "route",
+        "--eval",
+        &labelled.display().to_string(),
+    ]);
+    assert!(report.starts_with("accuracy 100.0% (2/2)"), "{report}");
 }
