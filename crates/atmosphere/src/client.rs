@@ -219,4 +219,20 @@ impl Client {
         self.post("/v1/route", &atmosphere_node::api::RouteBatch { texts })
             .await
     }
+
+    pub async fn tools(&self) -> Result<Vec<atmosphere_node::tools::ToolInfo>> {
+        self.get("/v1/tools").await
+    }
+
+    pub async fn tool(&self, name: &str) -> Result<atmosphere_node::tools::ToolInfo> {
+        self.get(&format!("/v1/tools/{name}")).await
+    }
+
+    pub async fn call_tool(
+        &self,
+        name: &str,
+        request: &atmosphere_node::tools::CallRequest,
+    ) -> Result<atmosphere_node::tools::CallResult> {
+        self.post(&format!("/v1/tools/{name}/call"), request).await
+    }
 }

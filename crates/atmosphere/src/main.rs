@@ -81,6 +81,9 @@ enum Command {
         #[arg(long)]
         max_tokens: Option<usize>,
     },
+    /// The mesh's tools: list them, read their contracts, call them (here or on a provider).
+    #[command(subcommand)]
+    Tool(ToolCommand),
     /// Route intents without running them: one per line on stdin, one JSON line per intent out
     /// (`text`, `capability`, `class`, `node`, `score`, `fallback`), using this node's live catalog.
     Route {
@@ -225,6 +228,24 @@ enum NodeCommand {
     Reconnect {
         /// Node name, id, or id prefix.
         node: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ToolCommand {
+    /// Every tool of the mesh and the nodes that provide it.
+    List,
+    /// A tool's contract: description, input and output JSON Schema, providers.
+    Info { name: String },
+    /// Call a tool; the arguments are checked against its schema before anything runs.
+    Call {
+        name: String,
+        /// The arguments, a JSON object, e.g. '{"prompt": "hello"}'.
+        #[arg(long, default_value = "{}")]
+        args: String,
+        /// Run on this node (name or id prefix) rather than the nearest provider.
+        #[arg(long)]
+        node: Option<String>,
     },
 }
 
@@ -383,6 +404,32 @@ async fn dispatch(cli: Cli) -> Result<()> {
             render::output(json, &outcome, render::intent)
         }
         Command::Route { eval } => route(&client, eval, json).await,
+        Command::Tool(ToolCommand::List) => {
+            let tools = client.tools().await?;
+            render::output(json, &tools, render::tools)
+        }
+        Command::Tool(ToolCommand::Info { name }) => {
+            let tool = client.tool(&name).await?;
+            render::output(json, &tool, |t| {
+                serde_json::to_string_pretty(t).unwrap_or_default() + "\n"
+            })
+        }
+        Command::Tool(ToolCommand::Call { name, args, node }) => {
+            let args: serde_json::Value = serde_json::from_str(&args)
+                .with_context(|| format!("--args is not JSON: {args}"))?;
+            let result = client
+                .call_tool(&name, &atmosphere_node::tools::CallRequest { args, node })
+                .await?;
+            render::output(json, &result, |r| {
+                format!(
+                    "→ {} ran on {} in {:.0} ms\n{}\n",
+                    r.tool,
+                    r.node,
+                    r.ms,
+                    serde_json::to_string_pretty(&r.output).unwrap_or_default()
+                )
+            })
+        }
         Command::Llm(command) => tokio::task::spawn_blocking(move || llm::run(command, json))
             .await
             .context("the model task failed")?,

@@ -280,6 +280,29 @@ pub fn intent(outcome: &atmosphere_node::intent::IntentOutcome) -> String {
     out
 }
 
+pub fn tools(tools: &Vec<atmosphere_node::tools::ToolInfo>) -> String {
+    if tools.is_empty() {
+        return "No tools yet.\n".into();
+    }
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<20} {:<13} {:<28} DESCRIPTION",
+        "TOOL", "CAPABILITY", "PROVIDERS"
+    );
+    for tool in tools {
+        let _ = writeln!(
+            out,
+            "{:<20} {:<13} {:<28} {}",
+            tool.manifest.name,
+            truncate(&tool.manifest.capability, 13),
+            truncate(&tool.providers.join(", "), 28),
+            tool.manifest.description
+        );
+    }
+    out
+}
+
 pub fn ping(result: &PingResult) -> String {
     let path: Vec<String> = result.echo.path.iter().map(|id| id.short()).collect();
     format!(

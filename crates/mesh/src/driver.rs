@@ -1024,9 +1024,15 @@ impl<T: Transport> Actor<T> {
             });
             return;
         }
-        let Some((next_hop, _)) = self.gradient.next_hop(&dest) else {
-            let _ = reply_tx.send(Err(MeshError::NoRoute(self.node_name(&dest))));
-            return;
+        // Before the table has a path (links are published a round after a join), a live
+        // member is tried directly.
+        let next_hop = match self.gradient.next_hop(&dest) {
+            Some((next_hop, _)) => next_hop,
+            None if self.membership.get(&dest).is_some_and(|n| n.is_alive()) => dest,
+            None => {
+                let _ = reply_tx.send(Err(MeshError::NoRoute(self.node_name(&dest))));
+                return;
+            }
         };
         let transport = self.transport.clone();
         let inflight = self.inflight.clone();

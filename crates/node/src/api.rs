@@ -32,6 +32,8 @@ pub struct ApiState {
     pub configs: Option<crate::configsync::ConfigSync>,
     /// The intent router and executor (absent in API tests over the in-memory transport).
     pub intents: Option<crate::intent::Intents>,
+    /// The tool service (absent in API tests over the in-memory transport).
+    pub tools: Option<crate::tools::Tools>,
 }
 
 /// An API error: a status code and a JSON body `{ "error": kind, "message": text }`.
@@ -244,6 +246,9 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/tokens", post(issue))
         .route("/v1/tokens/revoke", post(revoke))
         .route("/v1/intent", post(intent))
+        .route("/v1/tools", get(tools_list))
+        .route("/v1/tools/{name}", get(tools_info))
+        .route("/v1/tools/{name}/call", post(tools_call))
         .route("/v1/route", post(route))
         .route("/v1/configs", get(configs_list).post(configs_push))
         .route("/v1/configs/{namespace}/{name}", get(configs_get))
@@ -367,6 +372,55 @@ fn intents(state: &ApiState) -> Result<&crate::intent::Intents, ApiError> {
         kind: "no_router",
         message: "this node runs without the intent router".into(),
     })
+}
+
+fn tools(state: &ApiState) -> Result<&crate::tools::Tools, ApiError> {
+    state.tools.as_ref().ok_or(ApiError {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        kind: "no_tools",
+        message: "this node runs without the tool service".into(),
+    })
+}
+
+impl From<crate::tools::ToolError> for ApiError {
+    fn from(error: crate::tools::ToolError) -> Self {
+        use crate::tools::ToolError;
+        let (status, kind) = match &error {
+            ToolError::Unknown(_) => (StatusCode::NOT_FOUND, "unknown_tool"),
+            ToolError::Invalid { .. } => (StatusCode::BAD_REQUEST, "invalid_arguments"),
+            ToolError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            ToolError::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
+            ToolError::NoProvider(_) => (StatusCode::SERVICE_UNAVAILABLE, "no_provider"),
+            ToolError::AllFailed { .. } => (StatusCode::BAD_GATEWAY, "all_failed"),
+            _ => (StatusCode::INTERNAL_SERVER_ERROR, "tool_failed"),
+        };
+        Self {
+            status,
+            kind,
+            message: error.to_string(),
+        }
+    }
+}
+
+async fn tools_list(
+    State(state): State<ApiState>,
+) -> Result<Json<Vec<crate::tools::ToolInfo>>, ApiError> {
+    Ok(Json(tools(&state)?.list().await?))
+}
+
+async fn tools_info(
+    State(state): State<ApiState>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> Result<Json<crate::tools::ToolInfo>, ApiError> {
+    Ok(Json(tools(&state)?.info(&name).await?))
+}
+
+async fn tools_call(
+    State(state): State<ApiState>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+    Json(request): Json<crate::tools::CallRequest>,
+) -> Result<Json<crate::tools::CallResult>, ApiError> {
+    Ok(Json(tools(&state)?.call(&name, &request).await?))
 }
 
 /// Longest intent text accepted.
@@ -561,6 +615,7 @@ mod tests {
             servers: Default::default(),
             configs: None,
             intents: None,
+            tools: None,
         })
     }
 

@@ -60,6 +60,8 @@ pub struct NodeConfig {
     /// Capabilities this node describes for the router beyond the built-in ones: a description
     /// and how people ask for it. Each is offered as a capability and its descriptor gossiped.
     pub descriptors: Vec<DescriptorSection>,
+    /// Where `notify:send` delivers (its log file, an optional webhook).
+    pub notify: crate::tools::NotifySettings,
 }
 
 /// `[[descriptors]]`: a capability in people's words.
@@ -202,6 +204,7 @@ impl Default for NodeConfig {
             models: ModelsSection::default(),
             llamafarm: LlamaFarmSection::default(),
             descriptors: Vec::new(),
+            notify: Default::default(),
         }
     }
 }
@@ -401,6 +404,12 @@ health_interval = "5s"  # how often model servers are checked; a failing one is 
 # capability = "garden"
 # description = "Watering the garden: sprinklers, valves and soil moisture."
 # examples = ["water the tomatoes", "is the soil in the greenhouse dry", "turn the sprinklers off"]
+
+# Where the notify:send tool delivers: a log file (default <data_dir>/notifications.log), the
+# node's standard output, and a webhook when set.
+[notify]
+# webhook = "http://127.0.0.1:8123/hook"
+# log = "/var/log/atmosphere/notifications.log"
 
 [gossip]
 interval = "500ms"          # time between rounds

@@ -154,7 +154,8 @@ pub async fn run(
     let (trust_tx, trust_rx) = mpsc::channel(64);
     let (config_tx, config_rx) = mpsc::channel(16);
     let (intent_tx, intent_rx) = mpsc::channel(64);
-    let dispatcher = tokio::spawn(dispatch(app_rx, trust_tx, config_tx, intent_tx));
+    let (tool_tx, tool_rx) = mpsc::channel(64);
+    let dispatcher = tokio::spawn(dispatch(app_rx, trust_tx, config_tx, intent_tx, tool_tx));
     let trust_task = tokio::spawn(trust::run(
         trust_service.clone(),
         trust_rx,
@@ -193,6 +194,24 @@ pub async fn run(
     let intents_task = tokio::spawn(crate::intent::run(
         intents.clone(),
         intent_rx,
+        trust_cancel.clone(),
+    ));
+    let tools = crate::tools::Tools::new(
+        mesh.clone(),
+        mesh_config.name.clone(),
+        crate::tools::builtin_tools(
+            mesh.clone(),
+            mesh_config.name.clone(),
+            models.clone(),
+            servers.clone(),
+            intents.clone(),
+            config.notify.clone(),
+            config.data_dir.clone(),
+        ),
+    );
+    let tools_task = tokio::spawn(crate::tools::run(
+        tools.clone(),
+        tool_rx,
         trust_cancel.clone(),
     ));
     let models_task = tokio::spawn(crate::servers::run(
@@ -252,6 +271,7 @@ pub async fn run(
         servers,
         configs: Some(configs),
         intents: Some(intents),
+        tools: Some(tools),
     });
 
     let saver = tokio::spawn(save_peers_periodically(mesh.clone(), store.clone()));
@@ -289,6 +309,7 @@ pub async fn run(
     let _ = trust_task.await;
     let _ = configs_task.await;
     let _ = intents_task.await;
+    let _ = tools_task.await;
     dispatcher.abort();
     let _ = models_task.await;
     let _ = stop_tx.send(());
@@ -308,6 +329,7 @@ async fn dispatch(
     trust_tx: mpsc::Sender<Incoming>,
     config_tx: mpsc::Sender<Incoming>,
     intent_tx: mpsc::Sender<Incoming>,
+    tool_tx: mpsc::Sender<Incoming>,
 ) {
     while let Some(incoming) = app_rx.recv().await {
         let to = match &incoming.request {
@@ -316,6 +338,10 @@ async fn dispatch(
                 body: RoutedBody::Work { kind, .. },
                 ..
             } if kind == crate::intent::WORK_KIND => &intent_tx,
+            Request::Routed {
+                body: RoutedBody::Work { kind, .. },
+                ..
+            } if kind == crate::tools::WORK_KIND => &tool_tx,
             Request::Routed { .. } => {
                 let _ = incoming.reply_tx.send(atmosphere_proto::Response::Error {
                     code: atmosphere_proto::ErrorCode::BadRequest,

@@ -13,6 +13,7 @@ pub mod models;
 pub mod openai;
 pub mod servers;
 pub mod store;
+pub mod tools;
 pub mod trust;
 
 pub use config::NodeConfig;

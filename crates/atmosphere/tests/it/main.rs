@@ -6,3 +6,4 @@ mod cli;
 mod kit;
 mod lan;
 mod processes;
+mod tools;
