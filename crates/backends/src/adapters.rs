@@ -111,6 +111,16 @@ pub struct Adapter {
     http: reqwest::Client,
 }
 
+/// An HTTP client for calls the node makes (rustls on ring, installed here first: reqwest in
+/// this workspace has no crypto provider of its own, and building a client without one panics).
+pub fn http_client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(Duration::from_secs(3))
+        .build()
+}
+
 impl Adapter {
     fn new(kind: Kind, base: &str, timeout: Duration) -> Result<Self, AdapterError> {
         // reqwest is built with rustls but no crypto provider in this workspace (iroh's choice);

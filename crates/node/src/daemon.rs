@@ -196,19 +196,22 @@ pub async fn run(
         intent_rx,
         trust_cancel.clone(),
     ));
-    let tools = crate::tools::Tools::new(
+    let mut local_tools = crate::tools::builtin_tools(
         mesh.clone(),
         mesh_config.name.clone(),
-        crate::tools::builtin_tools(
-            mesh.clone(),
-            mesh_config.name.clone(),
-            models.clone(),
-            servers.clone(),
-            intents.clone(),
-            config.notify.clone(),
-            config.data_dir.clone(),
-        ),
+        models.clone(),
+        servers.clone(),
+        intents.clone(),
+        config.notify.clone(),
+        config.data_dir.clone(),
     );
+    // Tools added without recompiling: manifest files in <data_dir>/tools/.
+    let (external, errors) = crate::tools::load_dir(&config.data_dir.join("tools"));
+    for error in errors {
+        warn!("tool file skipped: {error}");
+    }
+    local_tools.extend(external);
+    let tools = crate::tools::Tools::new(mesh.clone(), mesh_config.name.clone(), local_tools);
     let tools_task = tokio::spawn(crate::tools::run(
         tools.clone(),
         tool_rx,

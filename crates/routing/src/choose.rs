@@ -108,7 +108,7 @@ pub struct Ranked {
 /// LAN (the gradient table weighs one unit of load per core at 10), so the intent decides the
 /// tier and the network decides among equals or when a node is swamped.
 const TIER_DEMANDING: f64 = 10.0;
-const TIER_SIMPLE: f64 = 5.0;
+const TIER_SIMPLE: f64 = 10.0;
 
 /// Orders the candidates, best first. `complexity` is `None` for capabilities that are not
 /// language models (the gradient cost alone decides).

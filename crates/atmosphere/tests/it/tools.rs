@@ -72,6 +72,20 @@ async fn a_tool_only_one_node_has_is_listed_and_called_from_another() {
     let (url, hook) = webhook_receiver().await;
     let config = dir.path().join("c.toml");
     std::fs::write(&config, format!("[notify]\nwebhook = \"{url}\"\n")).unwrap();
+    // A tool added without recompiling: a manifest file mapping it to a local command.
+    std::fs::create_dir_all(dir.path().join("c").join("tools")).unwrap();
+    std::fs::write(
+        dir.path().join("c").join("tools").join("count.json"),
+        serde_json::json!({
+            "name": "text:count", "capability": "text", "description": "Counts the words of a text.",
+            "input": {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]},
+            "output": {"type": "object", "properties": {"words": {"type": "integer"}}, "required": ["words"]},
+            "command": ["python3", "-c",
+                "import sys, json; a = json.load(sys.stdin); print(json.dumps({'words': len(a['text'].split())}))"]
+        })
+        .to_string(),
+    )
+    .unwrap();
     let mut args = loopback_args(&mesh, "off", &[], &seed);
     args.extend(["--config".into(), config.display().to_string()]);
     let c = start("porch", &dir.path().join("c"), &args).await;
@@ -210,6 +224,24 @@ async fn a_tool_only_one_node_has_is_listed_and_called_from_another() {
     assert_eq!(status, 200, "{logged}");
     let log = std::fs::read_to_string(dir.path().join("a").join("notifications.log")).unwrap();
     assert!(log.contains("Bins tonight"), "{log}");
+
+    // The file-defined tool, provided by the porch only, called from the hall.
+    let counted = eventually(
+        Duration::from_secs(30),
+        "text:count called from the hall",
+        || async {
+            let (status, body) = call(
+                &api,
+                "text:count",
+                serde_json::json!({"args": {"text": "turn on the garage lights"}}),
+            )
+            .await;
+            (status == 200).then_some(body)
+        },
+    )
+    .await;
+    assert_eq!(counted["node"], "porch");
+    assert_eq!(counted["output"]["words"], 5);
 
     // The provider goes away: the tool leaves the list and a call is a clear error.
     drop(b);

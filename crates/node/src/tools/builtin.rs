@@ -302,10 +302,8 @@ pub fn builtin_tools(
         if webhook.is_some() {
             channels.push("webhook");
         }
-        let http = reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(10))
-            .build()
-            .ok();
+        let http =
+            atmosphere_backends::adapters::http_client(std::time::Duration::from_secs(10)).ok();
         tools.push(LocalTool {
             manifest: manifest(
                 "notify:send",

@@ -4,6 +4,7 @@
 //! the next one. Arguments are validated before anything runs, results before they leave.
 
 mod builtin;
+mod external;
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -18,6 +19,7 @@ use serde_json::Value;
 use tracing::warn;
 
 pub use builtin::{NotifySettings, builtin_tools};
+pub use external::load_dir;
 
 /// The `kind` of routed work this module serves, and the gossip key of the manifests.
 pub const WORK_KIND: &str = "tool";
