@@ -129,6 +129,29 @@ async fn main() {
     }
     let per_second = count as f64 / started.elapsed().as_secs_f64();
 
+    // Tool calls: the same cheap tool (notify:send to the log file) run here and on the other
+    // node; the difference is what the mesh adds (validation, routed work, QUIC, both ways).
+    let tool_ms = |node: &'static str| {
+        let api = api.clone();
+        async move {
+            let mut times = Vec::new();
+            for _ in 0..100 {
+                let sent = Instant::now();
+                post(
+                    &api,
+                    "/v1/tools/notify:send/call",
+                    serde_json::json!({"args": {"message": "bench", "channel": "log"}, "node": node}),
+                )
+                .await;
+                times.push(sent.elapsed().as_secs_f64() * 1000.0);
+            }
+            times.sort_by(f64::total_cmp);
+            times
+        }
+    };
+    let local_tool = tool_ms("Mac-Studio").await;
+    let remote_tool = tool_ms("Dell-Server").await;
+
     println!("## Intent routing (2 node processes on 127.0.0.1, 2 cores)\n");
     println!("| measure | p50 | p99 |");
     println!("|---|---:|---:|");
@@ -146,6 +169,20 @@ async fn main() {
         "| remote intent overhead (total − route − model, 1 hop) | {:.2} ms | {:.2} ms |",
         percentile(&overhead_ms, 0.5),
         percentile(&overhead_ms, 0.99)
+    );
+    println!(
+        "| tool call notify:send, local (HTTP round trip) | {:.2} ms | {:.2} ms |",
+        percentile(&local_tool, 0.5),
+        percentile(&local_tool, 0.99)
+    );
+    println!(
+        "| tool call notify:send, on the other node | {:.2} ms | {:.2} ms |",
+        percentile(&remote_tool, 0.5),
+        percentile(&remote_tool, 0.99)
+    );
+    println!(
+        "| remote tool call overhead (p50 difference) | {:.2} ms | |",
+        percentile(&remote_tool, 0.5) - percentile(&local_tool, 0.5)
     );
     println!("\n| measure | value |");
     println!("|---|---:|");
