@@ -439,3 +439,169 @@ fn host_report(data_dir: &std::path::Path) -> Result<Value, String> {
         "uptime_s": uptime,
     }))
 }
+
+/// The contracts of the core tools whose subsystems are still to come (knowledge, vision,
+/// Matter). Fixed now so callers and agents can be written against them; no node announces them
+/// until it can run them.
+pub fn pending_contracts() -> Vec<Manifest> {
+    let text = |max: u64| json!({"type": "string", "minLength": 1, "maxLength": max});
+    let source = json!({
+        "description": "camera name, image URL or path of a frames directory",
+        "type": "string", "minLength": 1, "maxLength": 2048
+    });
+    vec![
+        manifest(
+            "rag:query",
+            "rag",
+            "Answer from the household's documents: retrieve passages and cite them.",
+            &["what does our IoT policy say about cameras"],
+            json!({
+                "type": "object",
+                "properties": {
+                    "query": text(4096),
+                    "collection": text(128),
+                    "top_k": {"type": "integer", "minimum": 1, "maximum": 50}
+                },
+                "required": ["query"], "additionalProperties": false
+            }),
+            json!({
+                "type": "object",
+                "properties": {
+                    "answer": {"type": "string"},
+                    "passages": {"type": "array", "items": {
+                        "type": "object",
+                        "properties": {
+                            "document": {"type": "string"}, "chunk": {"type": "integer"},
+                            "text": {"type": "string"}, "score": {"type": "number"},
+                            "node": {"type": "string"}
+                        },
+                        "required": ["document", "chunk", "text", "score"]
+                    }}
+                },
+                "required": ["passages"]
+            }),
+            120_000,
+        ),
+        manifest(
+            "vision:analyze",
+            "vision",
+            "Describe what a camera or image shows, with anomalies.",
+            &["check the garage camera"],
+            json!({
+                "type": "object",
+                "properties": {"source": source.clone(), "question": text(2048)},
+                "required": ["source"], "additionalProperties": false
+            }),
+            json!({
+                "type": "object",
+                "properties": {
+                    "summary": {"type": "string"},
+                    "objects": {"type": "array", "items": {"type": "string"}},
+                    "anomalies": {"type": "array", "items": {"type": "string"}}
+                },
+                "required": ["summary", "objects", "anomalies"]
+            }),
+            60_000,
+        ),
+        manifest(
+            "vision:detect",
+            "vision",
+            "Detect objects (people, vehicles, animals, …) in an image with boxes and scores.",
+            &["is there a car in the driveway"],
+            json!({
+                "type": "object",
+                "properties": {
+                    "source": source,
+                    "min_score": {"type": "number", "minimum": 0, "maximum": 1}
+                },
+                "required": ["source"], "additionalProperties": false
+            }),
+            json!({
+                "type": "object",
+                "properties": {"detections": {"type": "array", "items": {
+                    "type": "object",
+                    "properties": {
+                        "label": {"type": "string"},
+                        "score": {"type": "number"},
+                        "box": {"type": "array", "items": {"type": "number"}, "minItems": 4, "maxItems": 4}
+                    },
+                    "required": ["label", "score", "box"]
+                }}},
+                "required": ["detections"]
+            }),
+            60_000,
+        ),
+        manifest(
+            "matter:list_devices",
+            "matter",
+            "The Matter devices this node controls, with their rooms and current state.",
+            &["which lights are on"],
+            json!({"type": "object", "additionalProperties": false}),
+            json!({
+                "type": "object",
+                "properties": {"devices": {"type": "array", "items": {
+                    "type": "object",
+                    "properties": {
+                        "id": {"type": "string"}, "name": {"type": "string"},
+                        "room": {"type": "string"}, "kind": {"type": "string"},
+                        "state": {"type": "object"}
+                    },
+                    "required": ["id", "name", "kind", "state"]
+                }}},
+                "required": ["devices"]
+            }),
+            10_000,
+        ),
+        manifest(
+            "matter:execute",
+            "matter",
+            "Command a Matter device: on, off, toggle, level, …",
+            &["turn on the garage lights"],
+            json!({
+                "type": "object",
+                "properties": {
+                    "device": text(256),
+                    "action": {"enum": ["on", "off", "toggle", "level", "read"]},
+                    "value": {"type": "number"}
+                },
+                "required": ["device", "action"], "additionalProperties": false
+            }),
+            json!({
+                "type": "object",
+                "properties": {
+                    "device": {"type": "string"},
+                    "done": {"type": "boolean"},
+                    "state": {"type": "object"}
+                },
+                "required": ["device", "done", "state"]
+            }),
+            15_000,
+        ),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pending_contracts_are_valid_and_cover_the_five_remaining_core_tools() {
+        let names: Vec<String> = pending_contracts()
+            .iter()
+            .map(|m| {
+                m.check().unwrap();
+                m.name.clone()
+            })
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "rag:query",
+                "vision:analyze",
+                "vision:detect",
+                "matter:list_devices",
+                "matter:execute"
+            ]
+        );
+    }
+}

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tracing::warn;
 
-pub use builtin::{NotifySettings, builtin_tools};
+pub use builtin::{NotifySettings, builtin_tools, pending_contracts};
 pub use external::load_dir;
 
 /// The `kind` of routed work this module serves, and the gossip key of the manifests.
@@ -355,6 +355,15 @@ impl Tools {
             request.args.clone()
         };
         let status = self.inner.mesh.status().await?;
+        let routes = self.inner.mesh.routes().await?;
+        // The gradient table's cost of reaching each provider (its cheapest route), then hops.
+        let cost = |id: &NodeId| {
+            routes
+                .iter()
+                .filter(|r| r.provider == *id)
+                .map(|r| r.cost)
+                .fold(f64::INFINITY, f64::min)
+        };
         let mut providers: Vec<(NodeId, String, u8)> = info
             .providers
             .iter()
@@ -376,7 +385,12 @@ impl Tools {
                     })
             })
             .collect();
-        providers.sort_by_key(|(_, _, hops)| *hops);
+        providers.sort_by(|a, b| {
+            let self_first = (b.0 == self.inner.mesh.id()).cmp(&(a.0 == self.inner.mesh.id()));
+            self_first
+                .then(cost(&a.0).total_cmp(&cost(&b.0)))
+                .then(a.2.cmp(&b.2))
+        });
         if let Some(wanted) = &request.node {
             providers.retain(|(id, name, _)| {
                 name == wanted || id.to_string().starts_with(wanted.as_str())
@@ -507,10 +521,10 @@ impl Tools {
             })?;
         let timeout = Duration::from_millis(tool.manifest.timeout_ms.clamp(100, 600_000));
         let task = tokio::spawn((tool.handler)(args));
-        let abort = task.abort_handle();
+        // Stops the tool when its caller goes away (an HTTP client hanging up, a timeout).
+        let _cancel_on_drop = AbortOnDrop(task.abort_handle());
         let output = match tokio::time::timeout(timeout, task).await {
             Err(_) => {
-                abort.abort();
                 return Err(ToolError::Timeout {
                     tool: name.to_owned(),
                     ms: timeout.as_millis() as u64,
@@ -570,6 +584,15 @@ impl Tools {
                 message: e.to_string(),
             },
         }
+    }
+}
+
+/// Aborts a task when dropped (a finished task is not affected).
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
