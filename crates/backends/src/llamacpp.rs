@@ -18,8 +18,8 @@ use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 
 use crate::llm::{
-    ChatFormat, ChatMessage, GenerateOptions, Generation, LlmError, ModelInfo, StopReason,
-    read_header,
+    ChatFormat, ChatMessage, Completion, GenerateOptions, Generation, LlmError, ModelInfo,
+    StopReason, read_header,
 };
 
 /// Threads per decode step: on 2 cores one thread leaves the other to the node (spinning
@@ -171,7 +171,7 @@ impl LlamaCppModel {
         let mut first_token = None;
         let mut generated: Vec<LlamaToken> = Vec::new();
         let mut bytes: Vec<u8> = Vec::new();
-        let mut text = String::new();
+        let mut completion = Completion::new(&options.stop);
         let mut stop_reason = StopReason::MaxTokens;
         let mut logits_index = batch.n_tokens() - 1;
         while generated.len() < options.max_tokens {
@@ -184,28 +184,10 @@ impl LlamaCppModel {
             }
             generated.push(next);
             bytes.extend(vocab.token_to_piece(next, false, None));
-            // Pieces can split a character: emit only whole UTF-8 text.
-            let decoded = String::from_utf8_lossy(&bytes);
-            if let Some(cut) = options
-                .stop
-                .iter()
-                .filter(|s| !s.is_empty())
-                .filter_map(|s| decoded.find(s.as_str()))
-                .min()
-            {
-                if cut > text.len() {
-                    on_token(&decoded[text.len()..cut]);
-                }
-                text = decoded[..cut].to_owned();
+            // Pieces can split a character: the completion emits only whole UTF-8 text.
+            if completion.advance(&String::from_utf8_lossy(&bytes), &mut on_token) {
                 stop_reason = StopReason::StopSequence;
                 break;
-            }
-            if decoded.len() > text.len()
-                && decoded.is_char_boundary(text.len())
-                && !decoded.ends_with('\u{fffd}')
-            {
-                on_token(&decoded[text.len()..]);
-                text = decoded.into_owned();
             }
             batch.clear();
             let position = prompt_ids.len() + generated.len() - 1;
@@ -217,13 +199,11 @@ impl LlamaCppModel {
                 .map_err(|e| engine("decode", &e))?;
             logits_index = 0;
         }
-        if stop_reason != StopReason::StopSequence {
-            let decoded = String::from_utf8_lossy(&bytes).into_owned();
-            if decoded.len() > text.len() && decoded.is_char_boundary(text.len()) {
-                on_token(&decoded[text.len()..]);
-            }
-            text = decoded;
-        }
+        let text = if stop_reason == StopReason::StopSequence {
+            completion.into_text()
+        } else {
+            completion.finish(&String::from_utf8_lossy(&bytes), &mut on_token)
+        };
         Ok(Generation {
             text,
             prompt_tokens: prompt_ids.len(),

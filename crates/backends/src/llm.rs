@@ -345,7 +345,7 @@ impl GgufModel {
         let mut logits = self.weights.forward(&input, 0)?.squeeze(0)?;
         let mut first_token = None;
         let mut generated: Vec<u32> = Vec::new();
-        let mut text = String::new();
+        let mut completion = Completion::new(&options.stop);
         let mut stop_reason = StopReason::MaxTokens;
         while generated.len() < options.max_tokens {
             let next = sampler.sample(&logits)?;
@@ -355,41 +355,22 @@ impl GgufModel {
                 break;
             }
             generated.push(next);
-            // Decode the whole completion and emit what is new: multi-byte characters can span
-            // tokens, so a token alone may not be valid text yet.
+            // Decode the whole completion: multi-byte characters can span tokens, so a token
+            // alone may not be valid text yet.
             let decoded = self.tokenizer.decode(&generated)?;
-            if let Some(cut) = options
-                .stop
-                .iter()
-                .filter(|s| !s.is_empty())
-                .filter_map(|s| decoded.find(s.as_str()))
-                .min()
-            {
-                if cut > text.len() {
-                    on_token(&decoded[text.len()..cut]);
-                }
-                text = decoded[..cut].to_owned();
+            if completion.advance(&decoded, &mut on_token) {
                 stop_reason = StopReason::StopSequence;
                 break;
-            }
-            if decoded.len() > text.len()
-                && decoded.is_char_boundary(text.len())
-                && !decoded.ends_with('\u{fffd}')
-            {
-                on_token(&decoded[text.len()..]);
-                text = decoded;
             }
             let input = Tensor::new(&[next], &device)?.unsqueeze(0)?;
             let position = prompt_ids.len() + generated.len() - 1;
             logits = self.weights.forward(&input, position)?.squeeze(0)?;
         }
-        if stop_reason != StopReason::StopSequence {
-            let decoded = self.tokenizer.decode(&generated)?;
-            if decoded.len() > text.len() && decoded.is_char_boundary(text.len()) {
-                on_token(&decoded[text.len()..]);
-            }
-            text = decoded;
-        }
+        let text = if stop_reason == StopReason::StopSequence {
+            completion.into_text()
+        } else {
+            completion.finish(&self.tokenizer.decode(&generated)?, &mut on_token)
+        };
         Ok(Generation {
             text,
             prompt_tokens: prompt_ids.len(),
@@ -472,6 +453,60 @@ impl ChatFormat {
             })
             .map_err(|e| LlmError::Template(e.to_string()))?;
         Ok(rendered)
+    }
+}
+
+/// A completion's text as it grows, shared by both engines: only whole new characters are
+/// emitted, and the text ends before the first stop sequence.
+pub(crate) struct Completion<'a> {
+    text: String,
+    stop: &'a [String],
+}
+
+impl<'a> Completion<'a> {
+    pub(crate) fn new(stop: &'a [String]) -> Self {
+        Self {
+            text: String::new(),
+            stop,
+        }
+    }
+
+    /// `decoded` is the whole completion so far; emits what is new. True when a stop sequence
+    /// ends the completion (the text is cut before it).
+    pub(crate) fn advance(&mut self, decoded: &str, on_token: &mut impl FnMut(&str)) -> bool {
+        if let Some(cut) = self
+            .stop
+            .iter()
+            .filter(|s| !s.is_empty())
+            .filter_map(|s| decoded.find(s.as_str()))
+            .min()
+        {
+            if cut > self.text.len() {
+                on_token(&decoded[self.text.len()..cut]);
+            }
+            self.text = decoded[..cut].to_owned();
+            return true;
+        }
+        if decoded.len() > self.text.len()
+            && decoded.is_char_boundary(self.text.len())
+            && !decoded.ends_with('\u{fffd}')
+        {
+            on_token(&decoded[self.text.len()..]);
+            self.text = decoded.to_owned();
+        }
+        false
+    }
+
+    /// The completion ended (end of text or budget): emits the rest, a partial character too.
+    pub(crate) fn finish(self, decoded: &str, on_token: &mut impl FnMut(&str)) -> String {
+        if decoded.len() > self.text.len() && decoded.is_char_boundary(self.text.len()) {
+            on_token(&decoded[self.text.len()..]);
+        }
+        decoded.to_owned()
+    }
+
+    pub(crate) fn into_text(self) -> String {
+        self.text
     }
 }
 

@@ -67,6 +67,31 @@ pub struct ChatResponse {
     pub usage: Usage,
 }
 
+impl ChatResponse {
+    /// A finished chat in OpenAI's shape.
+    fn new(id: String, created: u64, model: String, finish: &str, done: Finished) -> Self {
+        Self {
+            id,
+            object: "chat.completion".into(),
+            created,
+            model,
+            choices: vec![Choice {
+                index: 0,
+                message: ChatMessage {
+                    role: "assistant".into(),
+                    content: done.text,
+                },
+                finish_reason: finish.into(),
+            }],
+            usage: Usage {
+                prompt_tokens: done.prompt_tokens,
+                completion_tokens: done.completion_tokens,
+                total_tokens: done.prompt_tokens + done.completion_tokens,
+            },
+        }
+    }
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Choice {
     pub index: usize,
@@ -215,26 +240,8 @@ pub async fn chat_completions(
     let (piece_tx, mut piece_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     if !request.stream {
         let done = runner.run(request.messages, options, piece_tx).await?;
-        return Ok(Json(ChatResponse {
-            id,
-            object: "chat.completion".into(),
-            created,
-            model,
-            choices: vec![Choice {
-                index: 0,
-                message: ChatMessage {
-                    role: "assistant".into(),
-                    content: done.text,
-                },
-                finish_reason: finish_reason(done.stop_reason).into(),
-            }],
-            usage: Usage {
-                prompt_tokens: done.prompt_tokens,
-                completion_tokens: done.completion_tokens,
-                total_tokens: done.prompt_tokens + done.completion_tokens,
-            },
-        })
-        .into_response());
+        let reason = finish_reason(done.stop_reason);
+        return Ok(Json(ChatResponse::new(id, created, model, reason, done)).into_response());
     }
     let (event_tx, event_rx) =
         tokio::sync::mpsc::unbounded_channel::<Result<Event, std::convert::Infallible>>();
@@ -368,25 +375,13 @@ async fn through_the_mesh(
     let id = format!("chatcmpl-{created:x}{:04x}", rand::random::<u16>());
     let header = [(ROUTE_HEADER, route)];
     if !request.stream {
-        let body = ChatResponse {
-            id,
-            object: "chat.completion".into(),
-            created,
-            model,
-            choices: vec![Choice {
-                index: 0,
-                message: ChatMessage {
-                    role: "assistant".into(),
-                    content: result.text,
-                },
-                finish_reason: "stop".into(),
-            }],
-            usage: Usage {
-                prompt_tokens: result.prompt_tokens,
-                completion_tokens: result.completion_tokens,
-                total_tokens: result.prompt_tokens + result.completion_tokens,
-            },
+        let done = Finished {
+            text: result.text,
+            prompt_tokens: result.prompt_tokens,
+            completion_tokens: result.completion_tokens,
+            stop_reason: StopReason::EndOfText,
         };
+        let body = ChatResponse::new(id, created, model, "stop", done);
         return Ok(Some((header, Json(body)).into_response()));
     }
     let chunk =
