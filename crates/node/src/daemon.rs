@@ -212,6 +212,7 @@ pub async fn run(
     }
     local_tools.extend(external);
     let tools = crate::tools::Tools::new(mesh.clone(), mesh_config.name.clone(), local_tools);
+    intents.attach_tools(tools.clone());
     let tools_task = tokio::spawn(crate::tools::run(
         tools.clone(),
         tool_rx,

@@ -186,6 +186,8 @@ struct Inner {
     /// Bumped whenever `advertised` changes; the router is rebuilt when it lags.
     generation: AtomicU64,
     router: tokio::sync::RwLock<Option<(u64, Arc<Router>)>>,
+    /// The node's tools, for capabilities a tool serves (set once the tool service exists).
+    tools: std::sync::OnceLock<crate::tools::Tools>,
 }
 
 impl std::fmt::Debug for Intents {
@@ -220,8 +222,14 @@ impl Intents {
                 advertised: std::sync::Mutex::new(BTreeMap::new()),
                 generation: AtomicU64::new(0),
                 router: tokio::sync::RwLock::new(None),
+                tools: std::sync::OnceLock::new(),
             }),
         }
+    }
+
+    /// Lets intents use the node's tools (`notify:send` for notifications).
+    pub fn attach_tools(&self, tools: crate::tools::Tools) {
+        let _ = self.inner.tools.set(tools);
     }
 
     async fn embed_descriptors(
@@ -623,6 +631,20 @@ impl Intents {
                 ))
             }
             "system" => Ok(reply(self.system_report().await?, None, None)),
+            "notification" => {
+                let tools = self
+                    .inner
+                    .tools
+                    .get()
+                    .ok_or("no tool service on this node")?;
+                let args = serde_json::json!({"message": request.text, "channel": "log"});
+                let output = tools
+                    .run_local("notify:send", args)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let detail = output["detail"].as_str().unwrap_or("delivered");
+                Ok(reply(format!("Notification sent: {detail}"), None, None))
+            }
             "routing" => Ok(reply(self.routing_report().await?, None, None)),
             other => Err(format!(
                 "{} declares {other}, but no executor for {other} runs on it yet",
@@ -776,8 +798,9 @@ fn name_of(status: &atmosphere_mesh::MeshStatus, id: &NodeId) -> String {
         .map_or_else(|| id.short(), |n| n.name.clone())
 }
 
-/// Capabilities every node's intent service provides, without advertising them.
-const BUILT_IN: [&str; 2] = ["system", "routing"];
+/// Capabilities every node's intent service provides, without advertising them (notifications
+/// through its `notify:send` tool).
+const BUILT_IN: [&str; 3] = ["system", "routing", "notification"];
 
 /// Providers of `capability` from the gradient table, one per node; language models carry the
 /// size of the node's largest healthy chat model.

@@ -675,4 +675,25 @@ examples = [
         &labelled.display().to_string(),
     ]);
     assert!(report.starts_with("accuracy 100.0% (2/2)"), "{report}");
+
+    // A notification intent runs the node's notify:send (its log file here).
+    let body: serde_json::Value = http()
+        .post(format!("http://{api}/v1/intent"))
+        .json(&serde_json::json!({"text": "let me know when the laundry is done"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["decision"]["capability"], "notification", "{body}");
+    assert!(
+        body["result"]["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("Notification sent"),
+        "{body}"
+    );
+    let log = std::fs::read_to_string(dir.path().join("a").join("notifications.log")).unwrap();
+    assert!(log.contains("laundry"), "{log}");
 }
