@@ -235,4 +235,38 @@ impl Client {
     ) -> Result<atmosphere_node::tools::CallResult> {
         self.post(&format!("/v1/tools/{name}/call"), request).await
     }
+
+    pub async fn agents(&self) -> Result<Vec<atmosphere_node::agents::AgentInfo>> {
+        self.get("/v1/agents").await
+    }
+
+    pub async fn agent(&self, name: &str) -> Result<atmosphere_node::agents::AgentInfo> {
+        self.get(&format!("/v1/agents/{name}")).await
+    }
+
+    pub async fn deploy_agent(
+        &self,
+        def: atmosphere_agents::AgentDef,
+        node: Option<String>,
+    ) -> Result<atmosphere_node::agents::AgentInfo> {
+        self.post(
+            "/v1/agents",
+            &atmosphere_node::api::DeployRequest { def, node },
+        )
+        .await
+    }
+
+    pub async fn invoke_agent(
+        &self,
+        name: &str,
+        input: &str,
+    ) -> Result<atmosphere_node::agents::Activation> {
+        self.post(
+            &format!("/v1/agents/{name}/invoke"),
+            &atmosphere_node::api::InvokeRequest {
+                input: input.to_owned(),
+            },
+        )
+        .await
+    }
 }

@@ -84,6 +84,9 @@ enum Command {
     /// The mesh's tools: list them, read their contracts, call them (here or on a provider).
     #[command(subcommand)]
     Tool(ToolCommand),
+    /// Agents: deploy them on a node, list them, wake them with an input.
+    #[command(subcommand)]
+    Agent(AgentCommand),
     /// Route intents without running them: one per line on stdin, one JSON line per intent out
     /// (`text`, `capability`, `class`, `node`, `score`, `fallback`), using this node's live catalog.
     Route {
@@ -228,6 +231,28 @@ enum NodeCommand {
     Reconnect {
         /// Node name, id, or id prefix.
         node: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AgentCommand {
+    /// Every agent of the mesh and the node it runs on.
+    List,
+    /// An agent's definition (its diff on its base).
+    Info { name: String },
+    /// Deploy an agent: a JSON definition file, or the name of a built-in agent
+    /// (vision_monitor, anomaly_detector, notifier). A redeploy keeps its state.
+    Deploy {
+        file_or_name: String,
+        /// The node to run it on (name or id prefix); default: this one.
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// Wake an agent with an input and show what it did.
+    Invoke {
+        name: String,
+        #[arg(long)]
+        input: String,
     },
 }
 
@@ -404,6 +429,42 @@ async fn dispatch(cli: Cli) -> Result<()> {
             render::output(json, &outcome, render::intent)
         }
         Command::Route { eval } => route(&client, eval, json).await,
+        Command::Agent(AgentCommand::List) => {
+            let agents = client.agents().await?;
+            render::output(json, &agents, render::agents)
+        }
+        Command::Agent(AgentCommand::Info { name }) => {
+            let agent = client.agent(&name).await?;
+            render::output(json, &agent, |a| {
+                serde_json::to_string_pretty(a).unwrap_or_default() + "\n"
+            })
+        }
+        Command::Agent(AgentCommand::Deploy { file_or_name, node }) => {
+            let def = match atmosphere_agents::builtin()
+                .into_iter()
+                .find(|d| d.name == file_or_name)
+            {
+                Some(def) => def,
+                None => {
+                    let bytes = std::fs::read(&file_or_name).with_context(|| {
+                        format!("{file_or_name} is neither a built-in agent nor a readable file")
+                    })?;
+                    atmosphere_agents::AgentDef::from_bytes(&bytes)
+                        .with_context(|| file_or_name.clone())?
+                }
+            };
+            let info = client.deploy_agent(def, node).await?;
+            render::output(json, &info, |i| {
+                format!(
+                    "Deployed {} (version {}) on {}.\n",
+                    i.def.name, i.def.version, i.node
+                )
+            })
+        }
+        Command::Agent(AgentCommand::Invoke { name, input }) => {
+            let activation = client.invoke_agent(&name, &input).await?;
+            render::output(json, &activation, render::activation)
+        }
         Command::Tool(ToolCommand::List) => {
             let tools = client.tools().await?;
             render::output(json, &tools, render::tools)

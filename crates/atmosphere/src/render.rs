@@ -303,6 +303,57 @@ pub fn tools(tools: &Vec<atmosphere_node::tools::ToolInfo>) -> String {
     out
 }
 
+pub fn agents(agents: &Vec<atmosphere_node::agents::AgentInfo>) -> String {
+    if agents.is_empty() {
+        return "No agents deployed: `atmosphere agent deploy notifier` deploys one.\n".into();
+    }
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<20} {:<13} {:<14} {:>5}  WAKES ON",
+        "AGENT", "BASE", "NODE", "RUNS"
+    );
+    for agent in agents {
+        let wakes: Vec<&str> = agent
+            .def
+            .events
+            .iter()
+            .map(String::as_str)
+            .chain(agent.def.intents.first().map(|_| "intents"))
+            .collect();
+        let _ = writeln!(
+            out,
+            "{:<20} {:<13} {:<14} {:>5}  {}",
+            truncate(&agent.def.name, 20),
+            format!("{:?}", agent.def.base).to_lowercase(),
+            truncate(&agent.node, 14),
+            agent.runs,
+            wakes.join(", ")
+        );
+    }
+    out
+}
+
+/// `agent invoke`, as the spec's demo step 6 prints it.
+pub fn activation(activation: &atmosphere_node::agents::Activation) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "→ Agent: {} ({})", activation.agent, activation.node);
+    for tool in &activation.tools {
+        let _ = writeln!(out, "→ Tool: {tool}");
+    }
+    for event in &activation.events {
+        let _ = writeln!(
+            out,
+            "→ Event: {} ({:?}): {}",
+            event.kind, event.severity, event.summary
+        );
+    }
+    for reply in &activation.replies {
+        let _ = writeln!(out, "← {reply}");
+    }
+    out
+}
+
 pub fn ping(result: &PingResult) -> String {
     let path: Vec<String> = result.echo.path.iter().map(|id| id.short()).collect();
     format!(

@@ -34,6 +34,8 @@ pub struct ApiState {
     pub intents: Option<crate::intent::Intents>,
     /// The tool service (absent in API tests over the in-memory transport).
     pub tools: Option<crate::tools::Tools>,
+    /// The agent service (absent in API tests over the in-memory transport).
+    pub agents: Option<crate::agents::Agents>,
 }
 
 /// An API error: a status code and a JSON body `{ "error": kind, "message": text }`.
@@ -246,6 +248,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/tokens", post(issue))
         .route("/v1/tokens/revoke", post(revoke))
         .route("/v1/intent", post(intent))
+        .route("/v1/agents", get(agents_list).post(agents_deploy))
+        .route("/v1/agents/{name}", get(agents_info))
+        .route("/v1/agents/{name}/invoke", post(agents_invoke))
+        .route("/v1/events", post(events_publish))
         .route("/v1/tools", get(tools_list))
         .route("/v1/tools/{name}", get(tools_info))
         .route("/v1/tools/{name}/call", post(tools_call))
@@ -421,6 +427,93 @@ async fn tools_call(
     Json(request): Json<crate::tools::CallRequest>,
 ) -> Result<Json<crate::tools::CallResult>, ApiError> {
     Ok(Json(tools(&state)?.call(&name, &request).await?))
+}
+
+fn agents(state: &ApiState) -> Result<&crate::agents::Agents, ApiError> {
+    state.agents.as_ref().ok_or(ApiError {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        kind: "no_agents",
+        message: "this node runs without the agent service".into(),
+    })
+}
+
+impl From<crate::agents::AgentError> for ApiError {
+    fn from(error: crate::agents::AgentError) -> Self {
+        use crate::agents::AgentError;
+        let (status, kind) = match &error {
+            AgentError::Def(_) => (StatusCode::BAD_REQUEST, "invalid_agent"),
+            AgentError::Unknown(_) | AgentError::UnknownNode(_) => {
+                (StatusCode::NOT_FOUND, "unknown")
+            }
+            AgentError::Mesh(_) | AgentError::Remote { .. } => (StatusCode::BAD_GATEWAY, "remote"),
+            _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        };
+        Self {
+            status,
+            kind,
+            message: error.to_string(),
+        }
+    }
+}
+
+/// Body of `POST /v1/agents`: a definition, and where to deploy it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeployRequest {
+    pub def: atmosphere_agents::AgentDef,
+    #[serde(default)]
+    pub node: Option<String>,
+}
+
+/// Body of `POST /v1/agents/{name}/invoke`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InvokeRequest {
+    pub input: String,
+}
+
+async fn agents_list(
+    State(state): State<ApiState>,
+) -> Result<Json<Vec<crate::agents::AgentInfo>>, ApiError> {
+    Ok(Json(agents(&state)?.list().await?))
+}
+
+async fn agents_info(
+    State(state): State<ApiState>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> Result<Json<crate::agents::AgentInfo>, ApiError> {
+    Ok(Json(agents(&state)?.info(&name).await?))
+}
+
+async fn agents_deploy(
+    State(state): State<ApiState>,
+    Json(request): Json<DeployRequest>,
+) -> Result<Json<crate::agents::AgentInfo>, ApiError> {
+    Ok(Json(
+        agents(&state)?
+            .deploy(request.def, request.node.as_deref())
+            .await?,
+    ))
+}
+
+async fn agents_invoke(
+    State(state): State<ApiState>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+    Json(request): Json<InvokeRequest>,
+) -> Result<Json<crate::agents::Activation>, ApiError> {
+    Ok(Json(agents(&state)?.invoke(&name, &request.input).await?))
+}
+
+/// `POST /v1/events`: publishes an event to the agents that subscribe to it; answers with
+/// what they did.
+async fn events_publish(
+    State(state): State<ApiState>,
+    Json(event): Json<atmosphere_agents::Event>,
+) -> Result<Json<Vec<crate::agents::Activation>>, ApiError> {
+    let results = agents(&state)?.publish(&event).await;
+    let mut activations = Vec::new();
+    for result in results {
+        activations.push(result?);
+    }
+    Ok(Json(activations))
 }
 
 /// Longest intent text accepted.
@@ -616,6 +709,7 @@ mod tests {
             configs: None,
             intents: None,
             tools: None,
+            agents: None,
         })
     }
 

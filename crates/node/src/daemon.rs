@@ -155,7 +155,17 @@ pub async fn run(
     let (config_tx, config_rx) = mpsc::channel(16);
     let (intent_tx, intent_rx) = mpsc::channel(64);
     let (tool_tx, tool_rx) = mpsc::channel(64);
-    let dispatcher = tokio::spawn(dispatch(app_rx, trust_tx, config_tx, intent_tx, tool_tx));
+    let (agent_tx, agent_rx) = mpsc::channel(64);
+    let dispatcher = tokio::spawn(dispatch(
+        app_rx,
+        trust_tx,
+        config_tx,
+        [
+            (crate::intent::WORK_KIND, intent_tx),
+            (crate::tools::WORK_KIND, tool_tx),
+            (crate::agents::WORK_KIND, agent_tx),
+        ],
+    ));
     let trust_task = tokio::spawn(trust::run(
         trust_service.clone(),
         trust_rx,
@@ -213,6 +223,17 @@ pub async fn run(
     local_tools.extend(external);
     let tools = crate::tools::Tools::new(mesh.clone(), mesh_config.name.clone(), local_tools);
     intents.attach_tools(tools.clone());
+    let agents = crate::agents::Agents::new(
+        mesh.clone(),
+        mesh_config.name.clone(),
+        store.clone(),
+        tools.clone(),
+    );
+    let agents_task = tokio::spawn(crate::agents::run(
+        agents.clone(),
+        agent_rx,
+        trust_cancel.clone(),
+    ));
     let tools_task = tokio::spawn(crate::tools::run(
         tools.clone(),
         tool_rx,
@@ -276,6 +297,7 @@ pub async fn run(
         configs: Some(configs),
         intents: Some(intents),
         tools: Some(tools),
+        agents: Some(agents),
     });
 
     let saver = tokio::spawn(save_peers_periodically(mesh.clone(), store.clone()));
@@ -314,6 +336,7 @@ pub async fn run(
     let _ = configs_task.await;
     let _ = intents_task.await;
     let _ = tools_task.await;
+    let _ = agents_task.await;
     dispatcher.abort();
     let _ = models_task.await;
     let _ = stop_tx.send(());
@@ -332,28 +355,27 @@ async fn dispatch(
     mut app_rx: mpsc::Receiver<Incoming>,
     trust_tx: mpsc::Sender<Incoming>,
     config_tx: mpsc::Sender<Incoming>,
-    intent_tx: mpsc::Sender<Incoming>,
-    tool_tx: mpsc::Sender<Incoming>,
+    services: [(&'static str, mpsc::Sender<Incoming>); 3],
 ) {
     while let Some(incoming) = app_rx.recv().await {
-        let to = match &incoming.request {
-            Request::SignConfig { .. } => &config_tx,
+        let service = match &incoming.request {
             Request::Routed {
                 body: RoutedBody::Work { kind, .. },
                 ..
-            } if kind == crate::intent::WORK_KIND => &intent_tx,
-            Request::Routed {
-                body: RoutedBody::Work { kind, .. },
-                ..
-            } if kind == crate::tools::WORK_KIND => &tool_tx,
-            Request::Routed { .. } => {
+            } => services.iter().find(|(k, _)| k == kind).map(|(_, tx)| tx),
+            _ => None,
+        };
+        let to = match (&incoming.request, service) {
+            (Request::SignConfig { .. }, _) => &config_tx,
+            (Request::Routed { .. }, Some(service)) => service,
+            (Request::Routed { .. }, None) => {
                 let _ = incoming.reply_tx.send(atmosphere_proto::Response::Error {
                     code: atmosphere_proto::ErrorCode::BadRequest,
                     message: "no service for that work on this node".into(),
                 });
                 continue;
             }
-            _ => &trust_tx,
+            (_, _) => &trust_tx,
         };
         if to.send(incoming).await.is_err() {
             return;

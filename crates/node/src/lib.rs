@@ -2,6 +2,7 @@
 //! wired together. `atmosphere serve` is a thin wrapper over [`daemon::run`].
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod agents;
 pub mod api;
 pub mod config;
 pub mod configsync;

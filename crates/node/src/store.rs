@@ -16,6 +16,8 @@ const PEERS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("peers");
 const AUTH: TableDefinition<&str, &[u8]> = TableDefinition::new("auth");
 /// Open invites: hash of the one-time secret → expiry (Unix seconds).
 const INVITES: TableDefinition<&[u8; 32], u64> = TableDefinition::new("invites");
+/// Agents deployed on this node: name → JSON `{def, state}`.
+const AGENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("agents");
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
@@ -124,6 +126,32 @@ impl Store {
             for (key, value) in values {
                 table.insert(*key, *value).map_err(db_err)?;
             }
+        }
+        txn.commit().map_err(db_err)
+    }
+
+    /// Every agent deployed here, as stored (`{def, state}` JSON).
+    pub fn agents(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = match txn.open_table(AGENTS) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(db_err(e)),
+        };
+        let mut agents = Vec::new();
+        for row in table.iter().map_err(db_err)? {
+            let (name, value) = row.map_err(db_err)?;
+            agents.push((name.value().to_owned(), value.value().to_vec()));
+        }
+        Ok(agents)
+    }
+
+    /// Stores (or replaces) an agent.
+    pub fn put_agent(&self, name: &str, value: &[u8]) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut table = txn.open_table(AGENTS).map_err(db_err)?;
+            table.insert(name, value).map_err(db_err)?;
         }
         txn.commit().map_err(db_err)
     }

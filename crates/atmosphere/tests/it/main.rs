@@ -1,6 +1,7 @@
 //! End-to-end tests of the `atmosphere` binary: real node processes on 127.0.0.1 and in network
 //! namespaces, driven through the CLI and the HTTP API.
 
+mod agents;
 mod auth;
 mod cli;
 mod kit;

@@ -3,8 +3,6 @@
 
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
 use crate::kit::*;
 
 async fn call(api: &str, tool: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
@@ -16,43 +14,6 @@ async fn call(api: &str, tool: &str, body: serde_json::Value) -> (u16, serde_jso
         .unwrap();
     let status = response.status().as_u16();
     (status, response.json().await.unwrap())
-}
-
-/// A one-shot HTTP receiver on 127.0.0.1: hands over the first request's body.
-async fn webhook_receiver() -> (String, tokio::sync::oneshot::Receiver<serde_json::Value>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    tokio::spawn(async move {
-        let (mut socket, _) = listener.accept().await.unwrap();
-        let mut buffer = Vec::new();
-        let mut chunk = [0u8; 4096];
-        let body = loop {
-            let n = socket.read(&mut chunk).await.unwrap();
-            buffer.extend_from_slice(&chunk[..n]);
-            let text = String::from_utf8_lossy(&buffer).to_string();
-            if let Some((head, body)) = text.split_once("\r\n\r\n") {
-                let length = head
-                    .lines()
-                    .find_map(|l| {
-                        l.to_ascii_lowercase()
-                            .strip_prefix("content-length:")
-                            .map(|v| v.trim().parse::<usize>().unwrap())
-                    })
-                    .unwrap_or(0);
-                if body.len() >= length {
-                    break body[..length].to_owned();
-                }
-            }
-            assert!(n > 0, "connection closed early");
-        };
-        socket
-            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
-            .await
-            .unwrap();
-        let _ = tx.send(serde_json::from_str(&body).unwrap());
-    });
-    (url, rx)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
