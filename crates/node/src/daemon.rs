@@ -229,6 +229,7 @@ pub async fn run(
         store.clone(),
         tools.clone(),
     );
+    intents.attach_agents(agents.clone());
     let agents_task = tokio::spawn(crate::agents::run(
         agents.clone(),
         agent_rx,

@@ -188,6 +188,10 @@ struct Inner {
     router: tokio::sync::RwLock<Option<(u64, Arc<Router>)>>,
     /// The node's tools, for capabilities a tool serves (set once the tool service exists).
     tools: std::sync::OnceLock<crate::tools::Tools>,
+    /// The agent service: agents' intents are router classes `agent:NAME`.
+    agents: std::sync::OnceLock<crate::agents::Agents>,
+    /// Embedded descriptors of the mesh's agents, by (name, version, node).
+    agent_descriptors: std::sync::Mutex<AgentCatalog>,
 }
 
 impl std::fmt::Debug for Intents {
@@ -223,6 +227,8 @@ impl Intents {
                 generation: AtomicU64::new(0),
                 router: tokio::sync::RwLock::new(None),
                 tools: std::sync::OnceLock::new(),
+                agents: std::sync::OnceLock::new(),
+                agent_descriptors: std::sync::Mutex::new(BTreeMap::new()),
             }),
         }
     }
@@ -230,6 +236,63 @@ impl Intents {
     /// Lets intents use the node's tools (`notify:send` for notifications).
     pub fn attach_tools(&self, tools: crate::tools::Tools) {
         let _ = self.inner.tools.set(tools);
+    }
+
+    /// Lets intents wake agents.
+    pub fn attach_agents(&self, agents: crate::agents::Agents) {
+        let _ = self.inner.agents.set(agents);
+    }
+
+    fn agent_descriptors(&self) -> std::sync::MutexGuard<'_, AgentCatalog> {
+        self.inner
+            .agent_descriptors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Keeps the agents' descriptors in step with the mesh's agents (embedding new ones once);
+    /// true when the set changed.
+    async fn refresh_agents(&self) -> bool {
+        let Some(agents) = self.inner.agents.get() else {
+            return false;
+        };
+        let Ok(list) = agents.list().await else {
+            return false;
+        };
+        let wanted: Vec<(String, u32, String)> = list
+            .iter()
+            .filter(|a| !a.def.intents.is_empty())
+            .map(|a| (a.def.name.clone(), a.def.version, a.node.clone()))
+            .collect();
+        let known: Vec<(String, u32, String)> = self.agent_descriptors().keys().cloned().collect();
+        if known == wanted {
+            return false;
+        }
+        let mut fresh = BTreeMap::new();
+        for (key, agent) in wanted
+            .iter()
+            .zip(list.iter().filter(|a| !a.def.intents.is_empty()))
+        {
+            if let Some(existing) = self.agent_descriptors().get(key).cloned() {
+                fresh.insert(key.clone(), existing);
+                continue;
+            }
+            let descriptor = Descriptor {
+                capability: format!("{AGENT_PREFIX}{}", agent.def.name),
+                description: agent.def.description.clone(),
+                examples: agent.def.intents.clone(),
+            };
+            match self.embed_descriptors(&[&descriptor]).await {
+                Ok(mut embedded) => {
+                    if let Some(one) = embedded.pop() {
+                        fresh.insert(key.clone(), one);
+                    }
+                }
+                Err(e) => warn!(agent = %agent.def.name, "agent not routable: {e}"),
+            }
+        }
+        *self.agent_descriptors() = fresh;
+        true
     }
 
     async fn embed_descriptors(
@@ -306,6 +369,9 @@ impl Intents {
     /// The router over the built-in and the advertised descriptors, rebuilt when those change.
     async fn router(&self) -> Result<Arc<Router>, IntentError> {
         let base = self.base().await?;
+        if self.refresh_agents().await {
+            self.inner.generation.fetch_add(1, AtomicOrdering::Relaxed);
+        }
         let generation = self.inner.generation.load(AtomicOrdering::Relaxed);
         if let Some((built, router)) = self.inner.router.read().await.as_ref()
             && *built == generation
@@ -316,6 +382,7 @@ impl Intents {
         for list in self.advertised().values() {
             catalog.extend(list.iter().map(|a| (a.descriptor.clone(), a.texts.clone())));
         }
+        catalog.extend(self.agent_descriptors().values().cloned());
         let classifier =
             tokio::task::spawn_blocking(move || Classifier::new(&catalog, Params::default()))
                 .await
@@ -383,7 +450,31 @@ impl Intents {
         let mut reason = classification.reason.clone();
         let status = self.inner.mesh.status().await?;
         let routes = self.inner.mesh.routes().await?;
-        let mut candidates = candidates(&status, &routes, &capability);
+        let mut candidates = match capability.strip_prefix(AGENT_PREFIX) {
+            // An agent runs on one node: the one that announced it.
+            Some(agent) => self
+                .agent_descriptors()
+                .keys()
+                .filter(|(name, _, _)| name == agent)
+                .filter_map(|(_, _, node)| {
+                    let info = status
+                        .nodes
+                        .iter()
+                        .find(|n| &n.name == node && n.status == Status::Alive)?;
+                    Some(Candidate {
+                        node: node.clone(),
+                        hops: if info.is_self {
+                            0
+                        } else {
+                            info.hops.unwrap_or(1)
+                        },
+                        cost: 0.0,
+                        parameters: None,
+                    })
+                })
+                .collect(),
+            None => candidates(&status, &routes, &capability),
+        };
         if candidates.is_empty() && capability != GENERAL {
             reason = format!("{reason}; no node offers {capability}, so the general LLM answers");
             capability = GENERAL.to_owned();
@@ -646,6 +737,26 @@ impl Intents {
                 Ok(reply(format!("Notification sent: {detail}"), None, None))
             }
             "routing" => Ok(reply(self.routing_report().await?, None, None)),
+            other if other.starts_with(AGENT_PREFIX) => {
+                let name = &other[AGENT_PREFIX.len()..];
+                let agents = self
+                    .inner
+                    .agents
+                    .get()
+                    .ok_or("no agent service on this node")?;
+                let activation = agents
+                    .invoke(name, &request.text)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let mut text = activation.replies.join("\n");
+                for event in &activation.events {
+                    text.push_str(&format!(
+                        "\n{} ({:?}): {}",
+                        event.kind, event.severity, event.summary
+                    ));
+                }
+                Ok(reply(text, None, None))
+            }
             other => Err(format!(
                 "{} declares {other}, but no executor for {other} runs on it yet",
                 self.inner.node_name
@@ -797,6 +908,12 @@ fn name_of(status: &atmosphere_mesh::MeshStatus, id: &NodeId) -> String {
         .find(|n| n.id == *id)
         .map_or_else(|| id.short(), |n| n.name.clone())
 }
+
+/// Agents' embedded descriptors (with their texts), by (name, version, node).
+type AgentCatalog = BTreeMap<(String, u32, String), (EmbeddedDescriptor, Vec<String>)>;
+
+/// Router classes of agents: `agent:NAME`.
+const AGENT_PREFIX: &str = "agent:";
 
 /// Capabilities every node's intent service provides, without advertising them (notifications
 /// through its `notify:send` tool).

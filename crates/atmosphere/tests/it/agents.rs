@@ -145,6 +145,29 @@ async fn agents_deploy_across_nodes_wake_on_events_and_on_invocation() {
     ]);
     assert!(out.contains("→ Agent: anomaly_detector (garage)"), "{out}");
     assert!(out.contains("garage_temp: usually 21.0"), "{out}");
+    // An intent in people's words wakes the agent too: agents' intents are router classes.
+    let outcome: serde_json::Value = http()
+        .post(format!("http://{api}/v1/intent"))
+        .json(&serde_json::json!({"text": "are the sensor readings normal today?"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome["decision"]["capability"], "agent:anomaly_detector",
+        "{outcome}"
+    );
+    assert_eq!(outcome["result"]["node"], "garage", "{outcome}");
+    assert!(
+        outcome["result"]["text"]
+            .as_str()
+            .unwrap()
+            .contains("garage_temp: usually"),
+        "{outcome}"
+    );
+
     // Bad input: an unknown agent, an invalid definition.
     let err = cli_fails(&["--api", &api, "agent", "invoke", "nobody", "--input", "hi"]);
     assert!(err.contains("unknown agent"), "{err}");
