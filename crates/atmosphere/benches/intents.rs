@@ -152,6 +152,29 @@ async fn main() {
     let local_tool = tool_ms("Mac-Studio").await;
     let remote_tool = tool_ms("Dell-Server").await;
 
+    // Agents: a sleeping detector on this node, woken by invocation: time from the wake-up to its
+    // first action (state read from the store, step), and the whole HTTP round trip.
+    let def = atmosphere_agents::builtin()
+        .into_iter()
+        .find(|d| d.name == "anomaly_detector")
+        .expect("built-in detector");
+    post(&api, "/v1/agents", serde_json::json!({"def": def})).await;
+    let mut first_action_us = Vec::new();
+    let mut invoke_ms = Vec::new();
+    for _ in 0..200 {
+        let sent = Instant::now();
+        let activation = post(
+            &api,
+            "/v1/agents/anomaly_detector/invoke",
+            serde_json::json!({"input": "any unusual temperatures"}),
+        )
+        .await;
+        invoke_ms.push(sent.elapsed().as_secs_f64() * 1000.0);
+        first_action_us.push(activation["first_action_us"].as_f64().unwrap_or(0.0));
+    }
+    first_action_us.sort_by(f64::total_cmp);
+    invoke_ms.sort_by(f64::total_cmp);
+
     println!("## Intent routing (2 node processes on 127.0.0.1, 2 cores)\n");
     println!("| measure | p50 | p99 |");
     println!("|---|---:|---:|");
@@ -183,6 +206,16 @@ async fn main() {
     println!(
         "| remote tool call overhead (p50 difference) | {:.2} ms | |",
         percentile(&remote_tool, 0.5) - percentile(&local_tool, 0.5)
+    );
+    println!(
+        "| agent wake to first action, in the node (store read + step) | {:.3} ms | {:.3} ms |",
+        percentile(&first_action_us, 0.5) / 1000.0,
+        percentile(&first_action_us, 0.99) / 1000.0
+    );
+    println!(
+        "| agent invoke, HTTP round trip (wake, step, store write) | {:.2} ms | {:.2} ms |",
+        percentile(&invoke_ms, 0.5),
+        percentile(&invoke_ms, 0.99)
     );
     println!("\n| measure | value |");
     println!("|---|---:|");

@@ -429,8 +429,20 @@ impl Inner {
             reason: e.to_string(),
         };
         let (mut send, mut recv) = connection.open_bi().await.map_err(|e| lost(&e))?;
-        write_frame(&mut send, request, self.config.max_frame_bytes).await?;
-        read_frame::<Response>(&mut recv, self.config.max_frame_bytes).await
+        // The frame helpers do not know the peer; name it in what they report.
+        let named = |error: TransportError| match error {
+            TransportError::ConnectionLost { reason, .. } => TransportError::ConnectionLost {
+                peer: peer.short(),
+                reason,
+            },
+            other => other,
+        };
+        write_frame(&mut send, request, self.config.max_frame_bytes)
+            .await
+            .map_err(named)?;
+        read_frame::<Response>(&mut recv, self.config.max_frame_bytes)
+            .await
+            .map_err(named)
     }
 
     fn close_all(&self, reason: &str) {
