@@ -192,6 +192,8 @@ struct Inner {
     agents: std::sync::OnceLock<crate::agents::Agents>,
     /// Embedded descriptors of the mesh's agents, by (name, version, node).
     agent_descriptors: std::sync::Mutex<AgentCatalog>,
+    /// Embeddings of recent intents.
+    embed_cache: std::sync::Mutex<EmbedCache>,
 }
 
 impl std::fmt::Debug for Intents {
@@ -229,6 +231,7 @@ impl Intents {
                 tools: std::sync::OnceLock::new(),
                 agents: std::sync::OnceLock::new(),
                 agent_descriptors: std::sync::Mutex::new(BTreeMap::new()),
+                embed_cache: std::sync::Mutex::new(EmbedCache::default()),
             }),
         }
     }
@@ -236,6 +239,38 @@ impl Intents {
     /// Lets intents use the node's tools (`notify:send` for notifications).
     pub fn attach_tools(&self, tools: crate::tools::Tools) {
         let _ = self.inner.tools.set(tools);
+    }
+
+    /// The intent's embedding: from the cache when the same words were routed recently (people
+    /// repeat their commands), else from MiniLM.
+    async fn embed_intent(&self, text: &str) -> Result<Arc<Vec<f32>>, IntentError> {
+        // MiniLM's tokenizer lowercases; spacing does not change the tokens.
+        let key = text
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+            .to_lowercase();
+        if let Some(vector) = self.embed_cache().get(&key) {
+            return Ok(vector);
+        }
+        let vector = self
+            .inner
+            .models
+            .embed_for_routing(vec![text.to_owned()])
+            .await
+            .map_err(|e| IntentError::Embed(e.to_string()))?
+            .pop()
+            .ok_or_else(|| IntentError::Embed("no vector".into()))?;
+        let vector = Arc::new(vector);
+        self.embed_cache().put(key, vector.clone());
+        Ok(vector)
+    }
+
+    fn embed_cache(&self) -> std::sync::MutexGuard<'_, EmbedCache> {
+        self.inner
+            .embed_cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// Lets intents wake agents.
@@ -433,14 +468,7 @@ impl Intents {
         }
         let started = Instant::now();
         let router = self.router().await?;
-        let vector = self
-            .inner
-            .models
-            .embed_for_routing(vec![text.to_owned()])
-            .await
-            .map_err(|e| IntentError::Embed(e.to_string()))?
-            .pop()
-            .ok_or_else(|| IntentError::Embed("no vector".into()))?;
+        let vector = self.embed_intent(text).await?;
         let classification = router.classifier.classify(&vector);
         let mut capability = if classification.fallback {
             GENERAL.to_owned()
@@ -909,6 +937,41 @@ fn name_of(status: &atmosphere_mesh::MeshStatus, id: &NodeId) -> String {
         .map_or_else(|| id.short(), |n| n.name.clone())
 }
 
+/// Intents remembered with their embeddings (least recently used out first).
+const EMBED_CACHE: usize = 512;
+
+/// A small LRU of intent embeddings.
+#[derive(Debug, Default)]
+struct EmbedCache {
+    vectors: std::collections::HashMap<String, (Arc<Vec<f32>>, u64)>,
+    clock: u64,
+}
+
+impl EmbedCache {
+    fn get(&mut self, key: &str) -> Option<Arc<Vec<f32>>> {
+        self.clock += 1;
+        let clock = self.clock;
+        self.vectors.get_mut(key).map(|(vector, used)| {
+            *used = clock;
+            vector.clone()
+        })
+    }
+
+    fn put(&mut self, key: String, vector: Arc<Vec<f32>>) {
+        self.clock += 1;
+        if self.vectors.len() >= EMBED_CACHE
+            && let Some(oldest) = self
+                .vectors
+                .iter()
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(k, _)| k.clone())
+        {
+            self.vectors.remove(&oldest);
+        }
+        self.vectors.insert(key, (vector, self.clock));
+    }
+}
+
 /// Agents' embedded descriptors (with their texts), by (name, version, node).
 type AgentCatalog = BTreeMap<(String, u32, String), (EmbeddedDescriptor, Vec<String>)>;
 
@@ -1013,5 +1076,24 @@ pub async fn run(
                 });
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_embedding_cache_keeps_the_most_recently_used() {
+        let mut cache = EmbedCache::default();
+        for i in 0..EMBED_CACHE {
+            cache.put(format!("intent {i}"), Arc::new(vec![i as f32]));
+        }
+        // Touch the oldest so the second oldest is the one to go.
+        assert_eq!(cache.get("intent 0").unwrap()[0], 0.0);
+        cache.put("one more".into(), Arc::new(vec![-1.0]));
+        assert_eq!(cache.vectors.len(), EMBED_CACHE);
+        assert!(cache.get("intent 1").is_none());
+        assert!(cache.get("intent 0").is_some() && cache.get("one more").is_some());
     }
 }
