@@ -62,9 +62,10 @@ async fn agents_deploy_across_nodes_wake_on_events_and_on_invocation() {
         "garage",
     ]);
     assert!(out.contains("on garage"), "{out}");
-    cli(&[
-        "--api", &api, "agent", "deploy", "notifier", "--node", "porch",
-    ]);
+    // The notifier runs on the hall, which has no webhook: its critical alerts go through the
+    // porch's notify:send — an agent calling a tool on another node.
+    cli(&["--api", &api, "agent", "deploy", "notifier"]);
+    let deployed = std::time::Instant::now();
     eventually(
         Duration::from_secs(30),
         "both agents listed on the hall",
@@ -90,12 +91,36 @@ async fn agents_deploy_across_nodes_wake_on_events_and_on_invocation() {
             (nodes
                 == [
                     ("anomaly_detector".to_owned(), "garage".to_owned()),
-                    ("notifier".to_owned(), "porch".to_owned()),
+                    ("notifier".to_owned(), "hall".to_owned()),
                 ])
             .then_some(())
         },
     )
     .await;
+
+    // The garage learns the hall's agent too (the registry is gossiped to every node).
+    let garage_api = garage.api();
+    eventually(
+        Duration::from_secs(30),
+        "the garage lists the hall's notifier",
+        || async {
+            let agent: serde_json::Value = http()
+                .get(format!("http://{garage_api}/v1/agents/notifier"))
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            (agent["node"] == "hall").then_some(())
+        },
+    )
+    .await;
+
+    eprintln!(
+        "the hall's new agent reached the garage {:?} after its deploy",
+        deployed.elapsed()
+    );
 
     // Ordinary readings wake the detector on the garage and raise nothing.
     for value in [20.9, 21.1, 21.0, 20.8, 21.2, 21.0, 20.9, 21.1, 21.0] {
@@ -107,8 +132,8 @@ async fn agents_deploy_across_nodes_wake_on_events_and_on_invocation() {
             "{activations}"
         );
     }
-    // An outlier: the detector explains it, and its event wakes the notifier on the porch,
-    // which sends it through the porch's webhook.
+    // An outlier: the detector explains it, and its event wakes the notifier on the hall, which
+    // sends it through the porch's webhook.
     let activations = publish(&api, 31.5).await;
     let event = &activations[0]["events"][0];
     assert_eq!(event["kind"], "sensor.anomaly", "{activations}");
