@@ -1,0 +1,3 @@
+//! The vision crate against the real NanoDet files (fetched by `scripts/fetch-vision`).
+
+mod tfjs;
