@@ -103,7 +103,7 @@ fn missing_and_broken_models_are_clear_errors() {
         Err(ModelError::Format { .. })
     ));
     // A manifest that describes more bytes than the shard holds.
-    std::fs::write(&dir.join("w.bin"), [0u8; 6]).unwrap();
+    std::fs::write(dir.join("w.bin"), [0u8; 6]).unwrap();
     std::fs::write(
         &json,
         r#"{"format": "graph-model", "modelTopology": {"node": []},
