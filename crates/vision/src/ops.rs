@@ -461,3 +461,78 @@ mod tests {
         assert!(conv2d(&image, &arr(&[2, 2, 3, 1], &[0.; 12]), (1, 1), (1, 1)).is_err());
     }
 }
+
+/// Bilinear resize of an NHWC array to `size` (height, width), TensorFlow's rules for
+/// `align_corners` and `half_pixel_centers`.
+pub fn resize_bilinear(
+    x: &Array,
+    size: (usize, usize),
+    align_corners: bool,
+    half_pixel_centers: bool,
+) -> Result<Array, OpError> {
+    let [n, h, w, c] = x.shape[..] else {
+        return fail(
+            "ResizeBilinear",
+            format!("NHWC input expected, got {:?}", x.shape),
+        );
+    };
+    let (oh, ow) = size;
+    if oh == 0 || ow == 0 || h == 0 || w == 0 {
+        return fail("ResizeBilinear", format!("{h}×{w} to {oh}×{ow}"));
+    }
+    let scale = |input: usize, output: usize| {
+        if align_corners && output > 1 {
+            (input - 1) as f32 / (output - 1) as f32
+        } else {
+            input as f32 / output as f32
+        }
+    };
+    // For each output coordinate: lower and upper source index and the weight of the upper.
+    let axis = |input: usize, output: usize| -> Vec<(usize, usize, f32)> {
+        let s = scale(input, output);
+        (0..output)
+            .map(|o| {
+                let at = if half_pixel_centers {
+                    (o as f32 + 0.5) * s - 0.5
+                } else {
+                    o as f32 * s
+                };
+                let floor = at.floor();
+                let lower = (floor.max(0.0) as usize).min(input - 1);
+                let upper = (at.ceil().max(0.0) as usize).min(input - 1);
+                (lower, upper, at - floor)
+            })
+            .collect()
+    };
+    let (ys, xs) = (axis(h, oh), axis(w, ow));
+    let mut data = Vec::with_capacity(n * oh * ow * c);
+    for b in 0..n {
+        for &(y0, y1, fy) in &ys {
+            for &(x0, x1, fx) in &xs {
+                let at = |y: usize, xx: usize, ch: usize| x.data[((b * h + y) * w + xx) * c + ch];
+                for ch in 0..c {
+                    let top = at(y0, x0, ch) + (at(y0, x1, ch) - at(y0, x0, ch)) * fx;
+                    let bottom = at(y1, x0, ch) + (at(y1, x1, ch) - at(y1, x0, ch)) * fx;
+                    data.push(top + (bottom - top) * fy);
+                }
+            }
+        }
+    }
+    Array::new(vec![n, oh, ow, c], data)
+}
+
+#[cfg(test)]
+mod resize_tests {
+    use super::*;
+
+    #[test]
+    fn bilinear_resize_doubles_with_half_pixel_centres() {
+        // 1×1×2×1 [0, 1] to width 4, half-pixel centres: source x = (o + 0.5) / 2 − 0.5.
+        let x = Array::new(vec![1, 1, 2, 1], vec![0., 1.]).unwrap();
+        let out = resize_bilinear(&x, (1, 4), false, true).unwrap();
+        assert_eq!(out.data, [0., 0.25, 0.75, 1.]);
+        // Align corners: the ends map to the ends.
+        let out = resize_bilinear(&x, (1, 3), true, false).unwrap();
+        assert_eq!(out.data, [0., 0.5, 1.]);
+    }
+}
