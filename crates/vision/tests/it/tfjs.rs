@@ -114,3 +114,56 @@ fn missing_and_broken_models_are_clear_errors() {
     assert!(err.to_string().contains("end early"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The whole graph on a uniform grey image, against what TensorFlow.js itself computes for the
+/// same files (`@tensorflow/tfjs@4`, CPU backend, `model.execute(tf.fill([1,3,416,416], 0.5))`):
+/// the largest value of each output.
+#[test]
+fn nanodet_runs_and_agrees_with_tensorflow_js() {
+    use atmosphere_vision::graph::Runner;
+    use atmosphere_vision::ops::Array;
+    let model = GraphModel::load(&nanodet()).unwrap_or_else(|e| panic!("{e}"));
+    let input = Array::new(vec![1, 3, 416, 416], vec![0.5; 3 * 416 * 416]).unwrap();
+    let names: Vec<String> = model.outputs.iter().map(|(n, _)| n.clone()).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let outputs = Runner::new(&model)
+        .run(input, &refs)
+        .unwrap_or_else(|e| panic!("{e}"));
+    // (shape, max, min, sum) as TensorFlow.js prints them.
+    let reference: [(&[usize], f32, f32, f32); 6] = [
+        (&[1, 169, 80], 0.019_159_108, 0.004_746_783, 126.346_78),
+        (&[1, 169, 44], 1.270_275_2, -1.434_507_8, -0.216_809),
+        (&[1, 676, 80], 0.010_800_16, 0.002_739_532, 312.250_85),
+        (&[1, 2704, 80], 0.012_431_798, 0.000_894_556_8, 810.284_8),
+        (&[1, 676, 44], 1.080_805_3, -1.158_643_2, -0.481_404_4),
+        (&[1, 2704, 44], 3.804_880_4, -1.751_535_9, -0.996_078_5),
+    ];
+    let close = |ours: f32, theirs: f32, scale: f32| (ours - theirs).abs() <= 1e-3 * scale;
+    for (shape, max, min, sum) in reference {
+        let output = outputs
+            .iter()
+            .find(|o| o.shape == shape)
+            .unwrap_or_else(|| panic!("no output of shape {shape:?}"));
+        let ours_max = output
+            .data
+            .iter()
+            .copied()
+            .fold(f32::NEG_INFINITY, f32::max);
+        let ours_min = output.data.iter().copied().fold(f32::INFINITY, f32::min);
+        let ours_sum: f32 = output.data.iter().sum();
+        assert!(
+            close(ours_max, max, 1.0),
+            "{shape:?} max: ours {ours_max}, TF.js {max}"
+        );
+        assert!(
+            close(ours_min, min, 1.0),
+            "{shape:?} min: ours {ours_min}, TF.js {min}"
+        );
+        // Sums of thousands of values: compared relative to their count.
+        let count = output.data.len() as f32;
+        assert!(
+            close(ours_sum, sum, count / 100.0),
+            "{shape:?} sum: ours {ours_sum}, TF.js {sum}"
+        );
+    }
+}
