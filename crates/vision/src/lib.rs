@@ -3,6 +3,7 @@
 //! weights (float16-quantised floats, int32 constants) — into plain Rust values.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod detect;
 pub mod graph;
 pub mod ops;
 pub mod tfjs;
