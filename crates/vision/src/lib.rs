@@ -4,6 +4,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod detect;
+pub mod detector;
 pub mod graph;
 pub mod ops;
 pub mod tfjs;

@@ -169,3 +169,46 @@ fn nanodet_runs_and_agrees_with_tensorflow_js() {
         );
     }
 }
+
+fn photo(name: &str) -> atmosphere_vision::detector::Rgb {
+    let cache = nanodet()
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_owned();
+    atmosphere_vision::detector::Rgb::open(&cache.join("images").join(format!("{name}.png")))
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Real photographs (from the scikit-image wheel): a person, a motorcycle, a cup, a cat, and two
+/// textures with nothing in them.
+#[test]
+fn real_photographs_show_what_they_show() {
+    use atmosphere_vision::detector::Detector;
+    let detector = Detector::load(&nanodet()).unwrap();
+    let found = |name: &str| {
+        let found = detector.detect(&photo(name), 0.35).unwrap();
+        eprintln!("{name}: {found:?}");
+        found
+    };
+    let astronaut = found("astronaut");
+    assert_eq!(astronaut[0].label, "person", "{astronaut:?}");
+    assert!(astronaut[0].score > 0.6);
+    // The box is in the photograph's pixels (512×512) and holds its centre.
+    let [x0, y0, x1, y1] = astronaut[0].bbox;
+    assert!(
+        x0 < 256.0 && 256.0 < x1 && y0 < 256.0 && 256.0 < y1 && x1 <= 512.0,
+        "{:?}",
+        astronaut[0].bbox
+    );
+    let motorcycle = found("motorcycle_left");
+    assert_eq!(motorcycle[0].label, "motorcycle", "{motorcycle:?}");
+    assert_eq!(found("coffee")[0].label, "cup");
+    // NanoDet-m is small: it sees the cat, less surely than it should.
+    assert!(found("chelsea").iter().any(|d| d.label == "cat"));
+    assert!(found("grass").is_empty());
+    assert!(found("brick").is_empty());
+}
