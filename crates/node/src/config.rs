@@ -62,6 +62,8 @@ pub struct NodeConfig {
     pub descriptors: Vec<DescriptorSection>,
     /// Where `notify:send` delivers (its log file, an optional webhook).
     pub notify: crate::tools::NotifySettings,
+    /// The object detector and the cameras of this node (`vision:detect`, `vision:analyze`).
+    pub vision: crate::tools::VisionSettings,
 }
 
 /// `[[descriptors]]`: a capability in people's words.
@@ -205,6 +207,7 @@ impl Default for NodeConfig {
             llamafarm: LlamaFarmSection::default(),
             descriptors: Vec::new(),
             notify: Default::default(),
+            vision: Default::default(),
         }
     }
 }
@@ -410,6 +413,11 @@ health_interval = "5s"  # how often model servers are checked; a failing one is 
 [notify]
 # webhook = "http://127.0.0.1:8123/hook"
 # log = "/var/log/atmosphere/notifications.log"
+
+# The vision tools (offered when the detector's files are present: scripts/fetch-vision).
+[vision]
+# model = "/path/to/nanodet.json"
+# cameras = { garage_cam = "/var/lib/atmosphere/frames/garage" }   # a directory of frames, a file or a URL
 
 [gossip]
 interval = "500ms"          # time between rounds

@@ -221,6 +221,10 @@ pub async fn run(
         warn!("tool file skipped: {error}");
     }
     local_tools.extend(external);
+    local_tools.extend(crate::tools::vision_tools(
+        &config.vision,
+        &atmosphere_backends::models::cache_dir(),
+    ));
     let tools = crate::tools::Tools::new(mesh.clone(), mesh_config.name.clone(), local_tools);
     intents.attach_tools(tools.clone());
     let agents = crate::agents::Agents::new(

@@ -41,12 +41,50 @@ impl Rgb {
             path: path.display().to_string(),
             reason: e.to_string(),
         })?;
+        Ok(Self::from_image(image))
+    }
+
+    /// Decodes PNG or JPEG bytes (`what` names them in errors).
+    pub fn from_bytes(bytes: &[u8], what: &str) -> Result<Self, DetectError> {
+        let image = image::load_from_memory(bytes).map_err(|e| DetectError::Image {
+            path: what.to_owned(),
+            reason: e.to_string(),
+        })?;
+        Ok(Self::from_image(image))
+    }
+
+    fn from_image(image: image::DynamicImage) -> Self {
         let rgb = image.to_rgb8();
-        Ok(Self {
+        Self {
             width: rgb.width() as usize,
             height: rgb.height() as usize,
             pixels: rgb.into_raw(),
-        })
+        }
+    }
+
+    /// Mean brightness, 0 (black) to 1 (white).
+    pub fn brightness(&self) -> f32 {
+        if self.pixels.is_empty() {
+            return 0.0;
+        }
+        self.pixels.iter().map(|&p| f32::from(p)).sum::<f32>() / (255.0 * self.pixels.len() as f32)
+    }
+
+    /// A small grey thumbnail (side × side), for comparing frames.
+    pub fn thumbnail(&self, side: usize) -> Vec<f32> {
+        let mut out = Vec::with_capacity(side * side);
+        for ty in 0..side {
+            for tx in 0..side {
+                let x = (tx * self.width / side).min(self.width.saturating_sub(1));
+                let y = (ty * self.height / side).min(self.height.saturating_sub(1));
+                let i = (y * self.width + x) * 3;
+                let grey = self.pixels.get(i..i + 3).map_or(0.0, |p| {
+                    p.iter().map(|&v| f32::from(v)).sum::<f32>() / (3.0 * 255.0)
+                });
+                out.push(grey);
+            }
+        }
+        out
     }
 }
 

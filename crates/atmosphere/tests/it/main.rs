@@ -8,3 +8,4 @@ mod kit;
 mod lan;
 mod processes;
 mod tools;
+mod vision;

@@ -5,6 +5,7 @@
 
 mod builtin;
 mod external;
+mod vision;
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -20,6 +21,7 @@ use tracing::warn;
 
 pub use builtin::{NotifySettings, builtin_tools, pending_contracts};
 pub use external::load_dir;
+pub use vision::{VisionSettings, vision_tools};
 
 /// The `kind` of routed work this module serves, and the gossip key of the manifests.
 pub const WORK_KIND: &str = "tool";
