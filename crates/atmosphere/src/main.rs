@@ -87,6 +87,9 @@ enum Command {
     /// Agents: deploy them on a node, list them, wake them with an input.
     #[command(subcommand)]
     Agent(AgentCommand),
+    /// Model packages for offline distribution: pack a model with its config, verify a package.
+    #[command(subcommand)]
+    Model(ModelCommand),
     /// Route intents without running them: one per line on stdin, one JSON line per intent out
     /// (`text`, `capability`, `class`, `node`, `score`, `fallback`), using this node's live catalog.
     Route {
@@ -232,6 +235,26 @@ enum NodeCommand {
         /// Node name, id, or id prefix.
         node: String,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum ModelCommand {
+    /// Pack a model file (and its llamafarm.yaml) into a package directory with a manifest of
+    /// BLAKE3 hashes per 4 MiB chunk and of the whole; streamed, never held in memory.
+    Pack {
+        model: PathBuf,
+        /// The LlamaFarm project file that travels with it.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The package directory to create.
+        #[arg(short, long)]
+        out: PathBuf,
+        /// Name in the manifest (default: from the GGUF header, else the file name).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Check every chunk of a package against its manifest; says which chunk is damaged.
+    Verify { package: PathBuf },
 }
 
 #[derive(Debug, Subcommand)]
@@ -429,6 +452,54 @@ async fn dispatch(cli: Cli) -> Result<()> {
             render::output(json, &outcome, render::intent)
         }
         Command::Route { eval } => route(&client, eval, json).await,
+        Command::Model(ModelCommand::Pack {
+            model,
+            config,
+            out,
+            name,
+        }) => {
+            let name = name.unwrap_or_else(|| {
+                atmosphere_backends::ChatModel::inspect(atmosphere_backends::Engine::best(), &model)
+                    .map(|info| info.name)
+                    .unwrap_or_else(|_| {
+                        model
+                            .file_stem()
+                            .map(|s| s.to_string_lossy().into_owned())
+                            .unwrap_or_default()
+                    })
+            });
+            let manifest = tokio::task::spawn_blocking(move || {
+                atmosphere_backends::package::pack(&model, config.as_deref(), &name, &out)
+                    .map(|m| (m, out))
+            })
+            .await
+            .context("the packing task failed")??;
+            let (manifest, out) = manifest;
+            let packed = serde_json::json!({"package": out, "manifest": manifest});
+            render::output(json, &packed, |p| {
+                format!(
+                    "Packed {} ({} bytes, {} chunks, BLAKE3 {}) into {}\n",
+                    p["manifest"]["name"].as_str().unwrap_or_default(),
+                    p["manifest"]["size"],
+                    p["manifest"]["chunks"].as_array().map_or(0, Vec::len),
+                    p["manifest"]["blake3"].as_str().unwrap_or_default(),
+                    p["package"].as_str().unwrap_or_default()
+                )
+            })
+        }
+        Command::Model(ModelCommand::Verify { package }) => {
+            let manifest =
+                tokio::task::spawn_blocking(move || atmosphere_backends::package::verify(&package))
+                    .await
+                    .context("the verifying task failed")??;
+            render::output(json, &manifest, |m| {
+                format!(
+                    "{}: all {} chunks and the whole file verify.\n",
+                    m.name,
+                    m.chunks.len()
+                )
+            })
+        }
         Command::Agent(AgentCommand::List) => {
             let agents = client.agents().await?;
             render::output(json, &agents, render::agents)

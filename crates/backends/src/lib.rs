@@ -10,6 +10,7 @@ pub mod engine;
 pub mod llamacpp;
 pub mod llm;
 pub mod models;
+pub mod package;
 pub mod spm;
 
 pub use embed::{EMBEDDING_DIM, EmbedError, Embedder};

@@ -169,3 +169,32 @@ fn the_binary_answers_a_prompt_and_embeds_text_with_real_models() {
     let err = cli_fails(&["llm", "chat", "hi", "--model", "/nonexistent.gguf"]);
     assert!(err.contains("scripts/fetch-models"), "{err}");
 }
+
+#[test]
+fn model_pack_and_verify_name_the_damaged_chunk() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("weights.gguf");
+    std::fs::write(&model, vec![7u8; 5 * 1024 * 1024]).unwrap();
+    let package = dir.path().join("pkg");
+    let out = cli(&[
+        "model",
+        "pack",
+        &model.display().to_string(),
+        "--name",
+        "weights",
+        "-o",
+        &package.display().to_string(),
+    ]);
+    assert!(
+        out.contains("Packed weights (5242880 bytes, 2 chunks"),
+        "{out}"
+    );
+    let out = cli(&["model", "verify", &package.display().to_string()]);
+    assert!(out.contains("all 2 chunks"), "{out}");
+    let copy = package.join("weights.gguf");
+    let mut bytes = std::fs::read(&copy).unwrap();
+    bytes[4 * 1024 * 1024 + 1] = 8;
+    std::fs::write(&copy, bytes).unwrap();
+    let err = cli_fails(&["model", "verify", &package.display().to_string()]);
+    assert!(err.contains("chunk 1"), "{err}");
+}
