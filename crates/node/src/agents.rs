@@ -105,6 +105,8 @@ struct Inner {
     remote: Mutex<BTreeMap<NodeId, Vec<AgentDef>>>,
     /// One wake-up at a time per agent (its state is read, stepped, written).
     running: tokio::sync::Mutex<()>,
+    /// Bumped whenever the mesh's set of agent definitions may have changed.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Agents {
@@ -129,8 +131,28 @@ impl Agents {
                 tools,
                 remote: Mutex::new(BTreeMap::new()),
                 running: tokio::sync::Mutex::new(()),
+                generation: std::sync::atomic::AtomicU64::new(0),
             }),
         }
+    }
+
+    /// Changes whenever a definition is deployed here or learned from a peer, so readers of
+    /// [`Agents::list`] (the router) redo their work only then.
+    pub fn generation(&self) -> u64 {
+        self.inner
+            .generation
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// How many definitions the registry holds, live nodes or not.
+    pub fn registered(&self) -> usize {
+        self.local().len() + self.remote().values().map(Vec::len).sum::<usize>()
+    }
+
+    fn changed(&self) {
+        self.inner
+            .generation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn remote(&self) -> std::sync::MutexGuard<'_, BTreeMap<NodeId, Vec<AgentDef>>> {
@@ -182,6 +204,7 @@ impl Agents {
                     .filter_map(|v| AgentDef::from_bytes(&serde_json::to_vec(&v).ok()?).ok())
                     .collect();
                 self.remote().insert(node, defs);
+                self.changed();
             }
             Ok(list) => warn!(peer = %node.short(), "{} agents announced; ignored", list.len()),
             Err(e) => warn!(peer = %node.short(), "bad agent registry: {e}"),
@@ -269,6 +292,7 @@ impl Agents {
             def,
         };
         self.save(&stored)?;
+        self.changed();
         info!(agent = %stored.def.name, version = stored.def.version, "agent deployed");
         Ok(AgentInfo {
             def: stored.def,

@@ -194,6 +194,9 @@ struct Inner {
     agent_descriptors: std::sync::Mutex<AgentCatalog>,
     /// Embeddings of recent intents.
     embed_cache: std::sync::Mutex<EmbedCache>,
+    /// The agent registry generation the agents' descriptors were built from (`u64::MAX`: never).
+    agents_seen: AtomicU64,
+    refreshing: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Intents {
@@ -232,6 +235,8 @@ impl Intents {
                 agents: std::sync::OnceLock::new(),
                 agent_descriptors: std::sync::Mutex::new(BTreeMap::new()),
                 embed_cache: std::sync::Mutex::new(EmbedCache::default()),
+                agents_seen: AtomicU64::new(u64::MAX),
+                refreshing: tokio::sync::Mutex::new(()),
             }),
         }
     }
@@ -291,9 +296,31 @@ impl Intents {
         let Some(agents) = self.inner.agents.get() else {
             return false;
         };
+        // One refresh at a time: a caller arriving mid-refresh waits for its result.
+        let _one_at_a_time = self.inner.refreshing.lock().await;
+        // Only when the registry changed: this runs on every route decision.
+        let generation = agents.generation();
+        if self
+            .inner
+            .agents_seen
+            .swap(generation, AtomicOrdering::Relaxed)
+            == generation
+        {
+            return false;
+        }
+        let never = || {
+            self.inner
+                .agents_seen
+                .store(u64::MAX, AtomicOrdering::Relaxed)
+        };
         let Ok(list) = agents.list().await else {
+            never();
             return false;
         };
+        if list.len() < agents.registered() {
+            // Some agents' nodes are not live (yet): look again next time.
+            never();
+        }
         let wanted: Vec<(String, u32, String)> = list
             .iter()
             .filter(|a| !a.def.intents.is_empty())

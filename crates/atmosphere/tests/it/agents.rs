@@ -6,17 +6,13 @@ use std::time::Duration;
 use crate::kit::*;
 
 async fn publish(api: &str, value: f64) -> serde_json::Value {
-    let response = http()
-        .post(format!("http://{api}/v1/events"))
-        .json(&serde_json::json!({
-            "kind": "sensor.reading", "source": "garage-sensor", "severity": "info",
-            "summary": "", "data": {"series": "garage_temp", "value": value}, "at": 0
-        }))
-        .send()
-        .await
-        .unwrap();
-    assert!(response.status().is_success(), "{}", response.status());
-    response.json().await.unwrap()
+    let event = serde_json::json!({
+        "kind": "sensor.reading", "source": "garage-sensor", "severity": "info",
+        "summary": "", "data": {"series": "garage_temp", "value": value}, "at": 0
+    });
+    let (status, body) = post_json(&format!("http://{api}/v1/events"), &event).await;
+    assert!((200..300).contains(&status), "{body}");
+    body
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -70,14 +66,7 @@ async fn agents_deploy_across_nodes_wake_on_events_and_on_invocation() {
         Duration::from_secs(30),
         "both agents listed on the hall",
         || async {
-            let agents: serde_json::Value = http()
-                .get(format!("http://{api}/v1/agents"))
-                .send()
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
+            let agents = get_json(&format!("http://{api}/v1/agents")).await?;
             let nodes: Vec<(String, String)> = agents
                 .as_array()?
                 .iter()
@@ -104,14 +93,7 @@ async fn agents_deploy_across_nodes_wake_on_events_and_on_invocation() {
         Duration::from_secs(30),
         "the garage lists the hall's notifier",
         || async {
-            let agent: serde_json::Value = http()
-                .get(format!("http://{garage_api}/v1/agents/notifier"))
-                .send()
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
+            let agent = get_json(&format!("http://{garage_api}/v1/agents/notifier")).await?;
             (agent["node"] == "hall").then_some(())
         },
     )
@@ -171,15 +153,8 @@ async fn agents_deploy_across_nodes_wake_on_events_and_on_invocation() {
     assert!(out.contains("→ Agent: anomaly_detector (garage)"), "{out}");
     assert!(out.contains("garage_temp: usually 21.0"), "{out}");
     // An intent in people's words wakes the agent too: agents' intents are router classes.
-    let outcome: serde_json::Value = http()
-        .post(format!("http://{api}/v1/intent"))
-        .json(&serde_json::json!({"text": "are the sensor readings normal today?"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let request = serde_json::json!({"text": "are the sensor readings normal today?"});
+    let (_, outcome) = post_json(&format!("http://{api}/v1/intent"), &request).await;
     assert_eq!(
         outcome["decision"]["capability"], "agent:anomaly_detector",
         "{outcome}"

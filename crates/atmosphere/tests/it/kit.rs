@@ -175,6 +175,18 @@ pub fn http() -> reqwest::Client {
         .unwrap()
 }
 
+/// GET `url` as JSON; `None` on any failure (for use inside [`eventually`]).
+pub async fn get_json(url: &str) -> Option<serde_json::Value> {
+    http().get(url).send().await.ok()?.json().await.ok()
+}
+
+/// POST `body` to `url`; the status and the JSON answer.
+pub async fn post_json(url: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+    let response = http().post(url).json(body).send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
+
 pub async fn status(api: &str) -> Option<MeshStatus> {
     http()
         .get(format!("http://{api}/v1/mesh/status"))

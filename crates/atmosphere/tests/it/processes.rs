@@ -451,15 +451,9 @@ async fn a_llamafarm_project_edited_on_one_node_reaches_the_others_and_reloads_t
 }
 
 async fn intent(api: &str, text: &str, dry_run: bool) -> serde_json::Value {
-    let response = http()
-        .post(format!("http://{api}/v1/intent"))
-        .json(&serde_json::json!({"text": text, "dry_run": dry_run, "max_tokens": 24}))
-        .send()
-        .await
-        .unwrap();
-    let status = response.status();
-    let body: serde_json::Value = response.json().await.unwrap();
-    assert!(status.is_success(), "{text}: {body}");
+    let request = serde_json::json!({"text": text, "dry_run": dry_run, "max_tokens": 24});
+    let (status, body) = post_json(&format!("http://{api}/v1/intent"), &request).await;
+    assert!((200..300).contains(&status), "{text}: {body}");
     body
 }
 

@@ -6,14 +6,7 @@ use std::time::{Duration, Instant};
 use crate::kit::*;
 
 async fn call(api: &str, tool: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
-    let response = http()
-        .post(format!("http://{api}/v1/tools/{tool}/call"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap())
+    post_json(&format!("http://{api}/v1/tools/{tool}/call"), &body).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -59,14 +52,7 @@ async fn a_tool_only_one_node_has_is_listed_and_called_from_another() {
         Duration::from_secs(30),
         "llm:generate listed on the hall",
         || async {
-            let tools: serde_json::Value = http()
-                .get(format!("http://{api}/v1/tools"))
-                .send()
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
+            let tools = get_json(&format!("http://{api}/v1/tools")).await?;
             let tool = tools
                 .as_array()?
                 .iter()
@@ -149,14 +135,7 @@ async fn a_tool_only_one_node_has_is_listed_and_called_from_another() {
         Duration::from_secs(30),
         "every node offers notify:send",
         || async {
-            let tool: serde_json::Value = http()
-                .get(format!("http://{api}/v1/tools/notify:send"))
-                .send()
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
+            let tool = get_json(&format!("http://{api}/v1/tools/notify:send")).await?;
             (tool["providers"].as_array()?.len() == 3).then_some(())
         },
     )

@@ -52,14 +52,7 @@ async fn a_camera_on_one_node_is_watched_from_another() {
         Duration::from_secs(30),
         "the garage's vision tools listed",
         || async {
-            let tool: serde_json::Value = http()
-                .get(format!("http://{api}/v1/tools/vision:analyze"))
-                .send()
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
+            let tool = get_json(&format!("http://{api}/v1/tools/vision:analyze")).await?;
             tool["providers"]
                 .as_array()?
                 .iter()
@@ -71,15 +64,10 @@ async fn a_camera_on_one_node_is_watched_from_another() {
     let on_garage = |tool: &'static str, args: serde_json::Value| {
         let api = api.clone();
         async move {
-            let response = http()
-                .post(format!("http://{api}/v1/tools/{tool}/call"))
-                .json(&serde_json::json!({ "args": args, "node": "garage" }))
-                .send()
-                .await
-                .unwrap();
-            let status = response.status();
-            let body: serde_json::Value = response.json().await.unwrap();
-            assert!(status.is_success(), "{tool}: {body}");
+            let request = serde_json::json!({ "args": args, "node": "garage" });
+            let url = format!("http://{api}/v1/tools/{tool}/call");
+            let (status, body) = post_json(&url, &request).await;
+            assert!((200..300).contains(&status), "{tool}: {body}");
             body
         }
     };
@@ -133,13 +121,9 @@ async fn a_camera_on_one_node_is_watched_from_another() {
     assert!(out.contains("→ Event: vision.anomaly"), "{out}");
     assert!(out.contains("a vehicle appeared (motorcycle)"), "{out}");
     // A bad source is a clear error naming the cameras.
-    let response = http()
-        .post(format!("http://{api}/v1/tools/vision:detect/call"))
-        .json(&serde_json::json!({"args": {"source": "attic_cam"}, "node": "garage"}))
-        .send()
-        .await
-        .unwrap();
-    let body: serde_json::Value = response.json().await.unwrap();
+    let request = serde_json::json!({"args": {"source": "attic_cam"}, "node": "garage"});
+    let url = format!("http://{api}/v1/tools/vision:detect/call");
+    let (_, body) = post_json(&url, &request).await;
     assert!(
         body["message"].as_str().unwrap().contains("garage_cam"),
         "{body}"

@@ -256,6 +256,11 @@ impl Tools {
     /// Every tool of the mesh with its live providers.
     pub async fn list(&self) -> Result<Vec<ToolInfo>, ToolError> {
         let status = self.inner.mesh.status().await?;
+        Ok(self.list_with(&status))
+    }
+
+    /// The tools of the mesh as `status` sees it.
+    fn list_with(&self, status: &atmosphere_mesh::MeshStatus) -> Vec<ToolInfo> {
         let alive = |id: &NodeId| {
             status
                 .nodes
@@ -289,7 +294,7 @@ impl Tools {
                     .push(name.clone());
             }
         }
-        Ok(tools.into_values().collect())
+        tools.into_values().collect()
     }
 
     pub async fn info(&self, name: &str) -> Result<ToolInfo, ToolError> {
@@ -350,13 +355,17 @@ impl Tools {
         if size > MAX_ARGS_BYTES {
             return Err(ToolError::TooLarge(size));
         }
-        let info = self.info(name).await?;
+        let status = self.inner.mesh.status().await?;
+        let info = self
+            .list_with(&status)
+            .into_iter()
+            .find(|t| t.manifest.name == name)
+            .ok_or_else(|| ToolError::Unknown(name.to_owned()))?;
         let args = if request.args.is_null() {
             Value::Object(Default::default())
         } else {
             request.args.clone()
         };
-        let status = self.inner.mesh.status().await?;
         let routes = self.inner.mesh.routes().await?;
         // The gradient table's cost of reaching each provider (its cheapest route), then hops.
         let cost = |id: &NodeId| {
