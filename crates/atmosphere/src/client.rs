@@ -76,6 +76,31 @@ impl Client {
         )
     }
 
+    /// POSTs `body` and hands back the open response of a long-running call (a transfer's
+    /// progress lines), after checking its status.
+    pub async fn stream(
+        &self,
+        path: &str,
+        body: &impl serde::Serialize,
+    ) -> Result<reqwest::Response> {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .timeout(Duration::from_secs(24 * 3600))
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        Err(self
+            .decode::<serde_json::Value>(response)
+            .await
+            .err()
+            .unwrap_or_else(|| anyhow!("the node refused the request")))
+    }
+
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
         let response = self
             .http
@@ -86,7 +111,7 @@ impl Client {
         self.decode(response).await
     }
 
-    async fn post<T: DeserializeOwned>(
+    pub async fn post<T: DeserializeOwned>(
         &self,
         path: &str,
         body: &impl serde::Serialize,

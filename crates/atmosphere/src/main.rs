@@ -3,6 +3,7 @@
 mod client;
 mod demo;
 mod llm;
+mod packages;
 mod render;
 
 use std::net::SocketAddr;
@@ -14,6 +15,7 @@ use atmosphere_node::NodeConfig;
 use clap::{Args, Parser, Subcommand};
 
 use crate::client::Client;
+use crate::packages::ModelCommand;
 
 /// Atmosphere, the Internet of Intent: a mesh of home and edge machines that routes what people
 /// ask for to the node able to do it.
@@ -87,7 +89,8 @@ enum Command {
     /// Agents: deploy them on a node, list them, wake them with an input.
     #[command(subcommand)]
     Agent(AgentCommand),
-    /// Model packages for offline distribution: pack a model with its config, verify a package.
+    /// Model packages for offline distribution: pack and seal, verify, push and pull over the
+    /// mesh, export to and import from a directory (USB stick); imported models are served.
     #[command(subcommand)]
     Model(ModelCommand),
     /// Route intents without running them: one per line on stdin, one JSON line per intent out
@@ -235,26 +238,6 @@ enum NodeCommand {
         /// Node name, id, or id prefix.
         node: String,
     },
-}
-
-#[derive(Debug, Subcommand)]
-enum ModelCommand {
-    /// Pack a model file (and its llamafarm.yaml) into a package directory with a manifest of
-    /// BLAKE3 hashes per 4 MiB chunk and of the whole; streamed, never held in memory.
-    Pack {
-        model: PathBuf,
-        /// The LlamaFarm project file that travels with it.
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// The package directory to create.
-        #[arg(short, long)]
-        out: PathBuf,
-        /// Name in the manifest (default: from the GGUF header, else the file name).
-        #[arg(long)]
-        name: Option<String>,
-    },
-    /// Check every chunk of a package against its manifest; says which chunk is damaged.
-    Verify { package: PathBuf },
 }
 
 #[derive(Debug, Subcommand)]
@@ -452,54 +435,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
             render::output(json, &outcome, render::intent)
         }
         Command::Route { eval } => route(&client, eval, json).await,
-        Command::Model(ModelCommand::Pack {
-            model,
-            config,
-            out,
-            name,
-        }) => {
-            let name = name.unwrap_or_else(|| {
-                atmosphere_backends::ChatModel::inspect(atmosphere_backends::Engine::best(), &model)
-                    .map(|info| info.name)
-                    .unwrap_or_else(|_| {
-                        model
-                            .file_stem()
-                            .map(|s| s.to_string_lossy().into_owned())
-                            .unwrap_or_default()
-                    })
-            });
-            let manifest = tokio::task::spawn_blocking(move || {
-                atmosphere_backends::package::pack(&model, config.as_deref(), &name, &out)
-                    .map(|m| (m, out))
-            })
-            .await
-            .context("the packing task failed")??;
-            let (manifest, out) = manifest;
-            let packed = serde_json::json!({"package": out, "manifest": manifest});
-            render::output(json, &packed, |p| {
-                format!(
-                    "Packed {} ({} bytes, {} chunks, BLAKE3 {}) into {}\n",
-                    p["manifest"]["name"].as_str().unwrap_or_default(),
-                    p["manifest"]["size"],
-                    p["manifest"]["chunks"].as_array().map_or(0, Vec::len),
-                    p["manifest"]["blake3"].as_str().unwrap_or_default(),
-                    p["package"].as_str().unwrap_or_default()
-                )
-            })
-        }
-        Command::Model(ModelCommand::Verify { package }) => {
-            let manifest =
-                tokio::task::spawn_blocking(move || atmosphere_backends::package::verify(&package))
-                    .await
-                    .context("the verifying task failed")??;
-            render::output(json, &manifest, |m| {
-                format!(
-                    "{}: all {} chunks and the whole file verify.\n",
-                    m.name,
-                    m.chunks.len()
-                )
-            })
-        }
+        Command::Model(command) => packages::run(command, &client, json).await,
         Command::Agent(AgentCommand::List) => {
             let agents = client.agents().await?;
             render::output(json, &agents, render::agents)

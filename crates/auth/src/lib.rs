@@ -7,12 +7,14 @@ pub mod config;
 pub mod invite;
 pub mod keys;
 pub mod revocation;
+pub mod seal;
 pub mod token;
 
 pub use config::{ConfigBook, ConfigDoc, ConfigError, SignedConfig};
 pub use invite::{Invite, InviteError};
 pub use keys::{AuthorityKey, MeshId};
 pub use revocation::{Revocation, RevocationError, RevocationSet, RevokedTarget, SignedRevocation};
+pub use seal::{Seal, SealError};
 pub use token::{Claims, Token, TokenError, TokenId, VerifiedToken};
 
 /// Clock skew tolerated between nodes when checking "not yet valid".

@@ -36,6 +36,8 @@ pub struct ApiState {
     pub tools: Option<crate::tools::Tools>,
     /// The agent service (absent in API tests over the in-memory transport).
     pub agents: Option<crate::agents::Agents>,
+    /// Model packages (absent in API tests over the in-memory transport).
+    pub packages: Option<crate::packages::Packages>,
 }
 
 /// An API error: a status code and a JSON body `{ "error": kind, "message": text }`.
@@ -248,6 +250,11 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/tokens", post(issue))
         .route("/v1/tokens/revoke", post(revoke))
         .route("/v1/intent", post(intent))
+        .route("/v1/packages", get(packages_list))
+        .route("/v1/packages/seal", post(packages_seal))
+        .route("/v1/packages/import", post(packages_import))
+        .route("/v1/packages/pull", post(packages_pull))
+        .route("/v1/packages/push", post(packages_push))
         .route("/v1/agents", get(agents_list).post(agents_deploy))
         .route("/v1/agents/{name}", get(agents_info))
         .route("/v1/agents/{name}/invoke", post(agents_invoke))
@@ -710,6 +717,7 @@ mod tests {
             intents: None,
             tools: None,
             agents: None,
+            packages: None,
         })
     }
 
@@ -783,4 +791,148 @@ mod tests {
         let (code, _) = call(app(), "POST", "/v1/node/disconnect", "{not json").await;
         assert!(code.is_client_error(), "{code}");
     }
+}
+
+fn packages(state: &ApiState) -> Result<&crate::packages::Packages, ApiError> {
+    state.packages.as_ref().ok_or(ApiError {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        kind: "no_packages",
+        message: "this node runs without the package service".into(),
+    })
+}
+
+impl From<crate::packages::PackagesError> for ApiError {
+    fn from(error: crate::packages::PackagesError) -> Self {
+        use crate::packages::PackagesError as E;
+        let (status, kind) = match &error {
+            E::Unknown(_) | E::UnknownNode(_) | E::NoSource(_) => {
+                (StatusCode::NOT_FOUND, "unknown")
+            }
+            E::Seal(_) | E::Unsealed(_) => (StatusCode::FORBIDDEN, "bad_seal"),
+            E::NoToken => (StatusCode::CONFLICT, "not_joined"),
+            E::Package(_) | E::Load(_) => (StatusCode::UNPROCESSABLE_ENTITY, "bad_package"),
+            _ => (StatusCode::BAD_GATEWAY, "transfer_failed"),
+        };
+        Self {
+            status,
+            kind,
+            message: error.to_string(),
+        }
+    }
+}
+
+/// `GET /v1/packages`: what this node holds, who holds what, and transfers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PackagesView {
+    pub held: Vec<crate::packages::Held>,
+    pub holders: std::collections::BTreeMap<String, Vec<String>>,
+    pub transfers: Vec<crate::packages::Progress>,
+}
+
+async fn packages_list(State(state): State<ApiState>) -> Result<Json<PackagesView>, ApiError> {
+    let packages = packages(&state)?;
+    Ok(Json(PackagesView {
+        held: packages.held(),
+        holders: packages.holders().await,
+        transfers: packages.transfers(),
+    }))
+}
+
+/// Body of `POST /v1/packages/seal`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SealRequest {
+    /// The manifest's exact text.
+    pub manifest: String,
+}
+
+async fn packages_seal(
+    State(state): State<ApiState>,
+    Json(request): Json<SealRequest>,
+) -> Result<Json<atmosphere_auth::Seal>, ApiError> {
+    Ok(Json(packages(&state)?.seal(&request.manifest)?))
+}
+
+/// Body of `POST /v1/packages/import`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ImportRequest {
+    /// A package directory on this node's machine.
+    pub path: std::path::PathBuf,
+}
+
+/// Body of `POST /v1/packages/pull`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PullRequest {
+    pub name: String,
+    /// Node names or ids to pull from; every live holder when empty.
+    #[serde(default)]
+    pub from: Vec<String>,
+    /// Bytes per second at most.
+    #[serde(default)]
+    pub limit_rate: Option<u64>,
+}
+
+/// Body of `POST /v1/packages/push`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PushRequest {
+    /// A package this node holds.
+    pub name: String,
+    /// The node that should receive it.
+    pub to: String,
+    #[serde(default)]
+    pub limit_rate: Option<u64>,
+}
+
+/// The progress of a transfer as newline-delimited JSON, one line per update (at most ten a
+/// second), the last one `done` or `failed`.
+fn progress_lines(mut rx: tokio::sync::watch::Receiver<crate::packages::Progress>) -> Response {
+    let (tx, lines) = tokio::sync::mpsc::channel::<Result<String, std::convert::Infallible>>(8);
+    tokio::spawn(async move {
+        loop {
+            let state = rx.borrow_and_update().clone();
+            let mut line = serde_json::to_string(&state).unwrap_or_default();
+            line.push('\n');
+            if tx.send(Ok(line)).await.is_err() || state.finished() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if rx.changed().await.is_err() {
+                let mut last = serde_json::to_string(&*rx.borrow()).unwrap_or_default();
+                last.push('\n');
+                let _ = tx.send(Ok(last)).await;
+                return;
+            }
+        }
+    });
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/x-ndjson")],
+        axum::body::Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(lines)),
+    )
+        .into_response()
+}
+
+async fn packages_import(
+    State(state): State<ApiState>,
+    Json(request): Json<ImportRequest>,
+) -> Result<Response, ApiError> {
+    Ok(progress_lines(packages(&state)?.import(request.path)))
+}
+
+async fn packages_pull(
+    State(state): State<ApiState>,
+    Json(request): Json<PullRequest>,
+) -> Result<Response, ApiError> {
+    let rx = packages(&state)?
+        .pull(&request.name, &request.from, request.limit_rate)
+        .await?;
+    Ok(progress_lines(rx))
+}
+
+async fn packages_push(
+    State(state): State<ApiState>,
+    Json(request): Json<PushRequest>,
+) -> Result<Response, ApiError> {
+    let rx = packages(&state)?
+        .push(&request.name, &request.to, request.limit_rate)
+        .await?;
+    Ok(progress_lines(rx))
 }

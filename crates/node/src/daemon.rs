@@ -41,6 +41,8 @@ pub enum NodeError {
     Trust(#[from] TrustError),
     #[error(transparent)]
     Models(#[from] crate::models::ModelError),
+    #[error("model packages: {0}")]
+    Packages(#[from] crate::packages::PackagesError),
     #[error("model server: {0}")]
     Server(#[from] atmosphere_backends::adapters::AdapterError),
     #[error(
@@ -102,6 +104,7 @@ pub async fn run(
     }
 
     let self_id = atmosphere_mesh::transport::quic::node_id(&secret_key.public());
+    let secret_bytes = secret_key.to_bytes();
     let store = Arc::new(store);
     let (trust, readmitted_rx, loaded) = TrustService::load(
         self_id,
@@ -156,6 +159,7 @@ pub async fn run(
     let (intent_tx, intent_rx) = mpsc::channel(64);
     let (tool_tx, tool_rx) = mpsc::channel(64);
     let (agent_tx, agent_rx) = mpsc::channel(64);
+    let (package_tx, package_rx) = mpsc::channel(256);
     let dispatcher = tokio::spawn(dispatch(
         app_rx,
         trust_tx,
@@ -164,6 +168,7 @@ pub async fn run(
             (crate::intent::WORK_KIND, intent_tx),
             (crate::tools::WORK_KIND, tool_tx),
             (crate::agents::WORK_KIND, agent_tx),
+            (crate::packages::WORK_KIND, package_tx),
         ],
     ));
     let trust_task = tokio::spawn(trust::run(
@@ -180,7 +185,13 @@ pub async fn run(
             project: config.llamafarm.project.clone(),
             server: config.llamafarm.server.clone(),
         });
-    let configs = ConfigSync::new(trust, store.clone(), mesh.clone(), servers.clone(), usage);
+    let configs = ConfigSync::new(
+        trust.clone(),
+        store.clone(),
+        mesh.clone(),
+        servers.clone(),
+        usage,
+    );
     let configs_task = tokio::spawn(crate::configsync::run(
         configs.clone(),
         config_rx,
@@ -244,6 +255,18 @@ pub async fn run(
         tool_rx,
         trust_cancel.clone(),
     ));
+    let packages = crate::packages::Packages::open(
+        mesh.clone(),
+        &config.data_dir,
+        secret_bytes,
+        trust.clone(),
+        models.clone(),
+    )?;
+    let packages_task = tokio::spawn(crate::packages::run(
+        packages.clone(),
+        package_rx,
+        trust_cancel.clone(),
+    ));
     let models_task = tokio::spawn(crate::servers::run(
         mesh.clone(),
         models.clone(),
@@ -303,6 +326,7 @@ pub async fn run(
         intents: Some(intents),
         tools: Some(tools),
         agents: Some(agents),
+        packages: Some(packages),
     });
 
     let saver = tokio::spawn(save_peers_periodically(mesh.clone(), store.clone()));
@@ -342,6 +366,7 @@ pub async fn run(
     let _ = intents_task.await;
     let _ = tools_task.await;
     let _ = agents_task.await;
+    let _ = packages_task.await;
     dispatcher.abort();
     let _ = models_task.await;
     let _ = stop_tx.send(());
@@ -360,7 +385,7 @@ async fn dispatch(
     mut app_rx: mpsc::Receiver<Incoming>,
     trust_tx: mpsc::Sender<Incoming>,
     config_tx: mpsc::Sender<Incoming>,
-    services: [(&'static str, mpsc::Sender<Incoming>); 3],
+    services: [(&'static str, mpsc::Sender<Incoming>); 4],
 ) {
     while let Some(incoming) = app_rx.recv().await {
         let service = match &incoming.request {

@@ -827,7 +827,11 @@ impl Intents {
         options: GenerateOptions,
         model: Option<&str>,
     ) -> Result<Chat, String> {
-        let local = self.inner.models.llm_info().map(|info| info.name.clone());
+        let models = &self.inner.models;
+        let local = match model {
+            Some(wanted) if models.serves(wanted) => Some(wanted.to_owned()),
+            _ => models.default_chat(),
+        };
         let server = match model {
             Some(wanted) if local.as_deref() != Some(wanted) => {
                 match self.inner.servers.find(wanted) {
@@ -861,7 +865,7 @@ impl Intents {
         let generation = self
             .inner
             .models
-            .chat(messages, options)
+            .chat(Some(name.clone()), messages, options)
             .await
             .map_err(|e| e.to_string())?;
         Ok(Chat {

@@ -12,6 +12,7 @@ pub mod intent;
 pub mod llamafarm;
 pub mod models;
 pub mod openai;
+pub mod packages;
 pub mod servers;
 pub mod store;
 pub mod tools;

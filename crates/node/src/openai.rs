@@ -116,7 +116,7 @@ fn bad_request(message: impl Into<String>) -> ApiError {
 
 /// Where a chat request runs: the node's own model or a model server it fronts.
 enum Runner {
-    Local(std::sync::Arc<crate::models::LocalModels>),
+    Local(std::sync::Arc<crate::models::LocalModels>, String),
     Server(atmosphere_backends::adapters::Adapter, String),
 }
 
@@ -142,18 +142,21 @@ impl Runner {
     /// The backend for `model`: the local model when it is named (or none is), else the healthy
     /// server offering it.
     fn choose(state: &ApiState, model: Option<&str>) -> Result<(Self, String), ApiError> {
-        let local = state.models.llm_info().map(|info| info.name.clone());
+        let local = match model {
+            Some(wanted) if state.models.serves(wanted) => Some(wanted.to_owned()),
+            _ => state.models.default_chat(),
+        };
         match (model, local) {
-            (None, Some(name)) => Ok((Self::Local(state.models.clone()), name)),
+            (None, Some(name)) => Ok((Self::Local(state.models.clone(), name.clone()), name)),
             (Some(wanted), Some(name)) if wanted == name => {
-                Ok((Self::Local(state.models.clone()), name))
+                Ok((Self::Local(state.models.clone(), name.clone()), name))
             }
             (Some(wanted), local) => match state.servers.find(wanted) {
                 Some(adapter) => Ok((Self::Server(adapter.clone(), wanted.into()), wanted.into())),
                 // An unknown name falls back to the local model, as OpenAI clients often send
                 // their own default model name.
                 None => match local {
-                    Some(name) => Ok((Self::Local(state.models.clone()), name)),
+                    Some(name) => Ok((Self::Local(state.models.clone(), name.clone()), name)),
                     None => Err(ApiError {
                         status: StatusCode::NOT_FOUND,
                         kind: "model_not_found",
@@ -177,8 +180,10 @@ impl Runner {
         pieces: tokio::sync::mpsc::UnboundedSender<String>,
     ) -> Result<Finished, ApiError> {
         match self {
-            Self::Local(models) => {
-                let g = models.chat_stream(messages, options, pieces).await?;
+            Self::Local(models, name) => {
+                let g = models
+                    .chat_stream(Some(name), messages, options, pieces)
+                    .await?;
                 Ok(Finished {
                     text: g.text,
                     prompt_tokens: g.prompt_tokens,
@@ -318,10 +323,9 @@ async fn through_the_mesh(
         return Ok(None);
     };
     let wanted = request.model.as_deref();
-    let local = state.models.llm_info().map(|info| info.name.as_str());
     let auto = wanted == Some("auto");
     let elsewhere = match wanted {
-        Some(name) if !auto && Some(name) != local && state.servers.find(name).is_none() => {
+        Some(name) if !auto && !state.models.serves(name) && state.servers.find(name).is_none() => {
             let status = state.mesh.status().await?;
             status.nodes.iter().any(|n| {
                 !n.is_self

@@ -291,6 +291,7 @@ pub async fn run(
             () = cancel.cancelled() => return,
             _ = ticker.tick() => {}
             () = servers.changed() => {}
+            () = local.changed() => {}
         }
         servers.check().await;
         let mut adverts = local.adverts();

@@ -183,6 +183,28 @@ impl Trust {
         ))
     }
 
+    /// This node's current token.
+    pub fn credential_token(&self) -> Option<Token> {
+        self.read().token.as_ref().map(|t| t.token.clone())
+    }
+
+    /// Checks a package seal offline against this mesh's authority and the revocations known
+    /// here; returns the packing node's claims.
+    pub fn check_seal(
+        &self,
+        seal: &atmosphere_auth::Seal,
+        manifest: &[u8],
+    ) -> Result<atmosphere_auth::Claims, String> {
+        let state = self.read();
+        let Some((mesh, _)) = state.mesh.as_ref() else {
+            return Err(
+                "this node has not joined a mesh, so it cannot check who packed the package: join first (`atmosphere mesh join`)".into(),
+            );
+        };
+        seal.verify(manifest, mesh, &state.revocations)
+            .map_err(|e| e.to_string())
+    }
+
     /// Admitted peers whose token says they are the authority.
     pub fn authority_peers(&self) -> Vec<NodeId> {
         let now = unix_now();

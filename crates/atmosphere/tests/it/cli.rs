@@ -176,7 +176,10 @@ fn model_pack_and_verify_name_the_damaged_chunk() {
     let model = dir.path().join("weights.gguf");
     std::fs::write(&model, vec![7u8; 5 * 1024 * 1024]).unwrap();
     let package = dir.path().join("pkg");
-    let out = cli(&[
+    // No node to seal it: the package is packed, and the error says how to seal it later.
+    let err = cli_fails(&[
+        "--api",
+        "127.0.0.1:9",
         "model",
         "pack",
         &model.display().to_string(),
@@ -185,12 +188,10 @@ fn model_pack_and_verify_name_the_damaged_chunk() {
         "-o",
         &package.display().to_string(),
     ]);
-    assert!(
-        out.contains("Packed weights (5242880 bytes, 2 chunks"),
-        "{out}"
-    );
+    assert!(err.contains("atmosphere model seal"), "{err}");
     let out = cli(&["model", "verify", &package.display().to_string()]);
     assert!(out.contains("all 2 chunks"), "{out}");
+    assert!(out.contains("NOT sealed"), "{out}");
     let copy = package.join("weights.gguf");
     let mut bytes = std::fs::read(&copy).unwrap();
     bytes[4 * 1024 * 1024 + 1] = 8;

@@ -119,7 +119,7 @@ pub fn builtin_tools(
                         .map(|i| i.name.clone())
                         .unwrap_or_default();
                     let generation = models
-                        .chat(messages, options)
+                        .chat(None, messages, options)
                         .await
                         .map_err(|e| e.to_string())?;
                     Ok(json!({
