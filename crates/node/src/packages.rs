@@ -28,7 +28,7 @@ pub const WORK_KIND: &str = "package";
 pub const RECORD_KEY: &str = "packages";
 /// Chunk requests in flight per source: enough to keep a QUIC stream busy while the last chunk
 /// is checked and written.
-const WINDOW_PER_SOURCE: usize = 4;
+const WINDOW_PER_SOURCE: usize = 6;
 const CHUNK_TIMEOUT: Duration = Duration::from_secs(60);
 const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
 const INCOMING: &str = ".incoming";

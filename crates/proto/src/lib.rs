@@ -5,6 +5,7 @@
 //! [`frame::encode`] / [`frame::decode`].
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+mod bytes;
 pub mod frame;
 pub mod gossip;
 pub mod id;

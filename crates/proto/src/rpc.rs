@@ -40,12 +40,16 @@ pub enum Request {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RoutedBody {
     /// Reply with the same bytes: proves a route works end to end and measures it.
-    Echo { payload: Vec<u8> },
+    Echo {
+        #[serde(with = "crate::bytes")]
+        payload: Vec<u8>,
+    },
     /// Work for the destination node's services (an intent, a tool call, …): `kind` names the
     /// service, `payload` is its request; relays pass it on without reading it. `timeout_ms`
     /// bounds each hop's wait (model work takes longer than mesh chatter).
     Work {
         kind: String,
+        #[serde(with = "crate::bytes")]
         payload: Vec<u8>,
         timeout_ms: u32,
     },
@@ -55,10 +59,12 @@ pub enum RoutedBody {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RoutedReply {
     Echo {
+        #[serde(with = "crate::bytes")]
         payload: Vec<u8>,
     },
     /// The service's answer to [`RoutedBody::Work`].
     Work {
+        #[serde(with = "crate::bytes")]
         payload: Vec<u8>,
     },
 }
