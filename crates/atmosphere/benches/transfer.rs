@@ -228,6 +228,8 @@ async fn main() {
         settle(&nodes.iter().collect::<Vec<_>>()).await;
         let b_pid = nodes[1].child.id().unwrap();
         let before = rss(b_pid).unwrap_or(0.0);
+        let a_pid = nodes[0].child.id().unwrap();
+        let cpu_before = (cpu_seconds(a_pid), cpu_seconds(b_pid));
         let (done, peak) = pull(
             &nodes[1].api(),
             json!({"name": name, "from": ["a"]}),
@@ -243,6 +245,15 @@ async fn main() {
                 "{secs:.2} s  {:.0} MiB/s  = {:.0}% of cp",
                 mbps(size, secs),
                 100.0 * copy_secs / secs
+            ),
+        );
+        row(
+            format!("{label}: CPU time during the pull"),
+            format!(
+                "sender {:.2} s, receiver {:.2} s (of {:.2} s wall on 2 cores)",
+                cpu_seconds(a_pid) - cpu_before.0,
+                cpu_seconds(b_pid) - cpu_before.1,
+                secs
             ),
         );
         row(
