@@ -1,0 +1,624 @@
+//! The Matter controller: commissions devices (PASE with the setup code, then the operational
+//! certificate, then CASE), keeps its fabric (root and intermediate certificates, keys, IPK) and
+//! its devices across restarts, and switches them. It runs rs-matter on a thread of its own
+//! (its futures are not `Send`); [`Controller`] is the handle the async node uses.
+//!
+//! Devices are reached at the address they were commissioned at (unicast works on loopback, where
+//! multicast does not): the stack's operational-discovery requests are answered from that table.
+
+use core::cell::RefCell;
+use core::num::NonZeroU8;
+use core::pin::pin;
+use std::net::{IpAddr, SocketAddr, SocketAddrV6};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use embassy_futures::select::{Either, select, select3};
+use rs_matter::Matter;
+use rs_matter::cert::r#gen::VALID_FOREVER;
+use rs_matter::cert::{MAX_CERT_TLV_AND_ASN1_LEN, MAX_CERT_TLV_LEN};
+use rs_matter::crypto::{
+    CanonAeadKey, CanonPkcSecretKey, Crypto, Rng as _, SecretKey as _, SigningSecretKey as _,
+    default_crypto,
+};
+use rs_matter::dm::clusters::app::on_off::OnOffClient;
+use rs_matter::dm::devices::test::{DAC_PRIVKEY, TEST_DEV_ATT, TEST_DEV_COMM, TEST_DEV_DET};
+use rs_matter::error::{Error, ErrorCode};
+use rs_matter::fabric::FabricPersist;
+use rs_matter::onboard::cac::{IcacGenerator, RcacGenerator};
+use rs_matter::onboard::noc::NocGenerator;
+use rs_matter::onboard::{CommissionOptions, Commissioner};
+use rs_matter::persist::DirKvBlobStore;
+use rs_matter::transport::exchange::Exchange;
+use rs_matter::transport::network::mdns::{DottedName, MdnsRemoteService};
+use rs_matter::transport::network::{Address, MatterRemoteService, NoNetwork};
+use rs_matter::utils::select::Coalesce;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+/// Why a Matter operation failed. Each says what to do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum MatterError {
+    #[error("{0}")]
+    BadCode(String),
+    #[error(
+        "the device at {0} refused the setup code: check the passcode or pairing code it printed"
+    )]
+    WrongCode(SocketAddr),
+    #[error("{what}: the device did not answer within {secs} s (is it running and reachable?)")]
+    Timeout { what: String, secs: u64 },
+    #[error("no Matter device called {0:?}; see `atmosphere matter list`")]
+    UnknownDevice(String),
+    #[error("a device called {0:?} is already commissioned; pick another name")]
+    Duplicate(String),
+    #[error("{what}: {detail}")]
+    Stack { what: String, detail: String },
+    #[error("the Matter controller has stopped: {0}")]
+    Stopped(String),
+    #[error("controller state in {path}: {detail}")]
+    State { path: PathBuf, detail: String },
+}
+
+impl From<Error> for MatterError {
+    fn from(error: Error) -> Self {
+        Self::Stack {
+            what: "Matter".into(),
+            detail: format!("{error}"),
+        }
+    }
+}
+
+/// What to do to a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    On,
+    Off,
+    Toggle,
+}
+
+impl std::str::FromStr for Action {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text
+            .trim()
+            .to_ascii_lowercase()
+            .replace(['-', ' '], "_")
+            .as_str()
+        {
+            "on" | "turn_on" | "switch_on" => Ok(Self::On),
+            "off" | "turn_off" | "switch_off" => Ok(Self::Off),
+            "toggle" => Ok(Self::Toggle),
+            other => Err(format!(
+                "unknown action {other:?}: an OnOff device does on, off or toggle"
+            )),
+        }
+    }
+}
+
+/// A commissioned device as the controller keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Device {
+    pub name: String,
+    pub node_id: u64,
+    /// Where it answered at commissioning (and is reached again).
+    pub addr: SocketAddr,
+    /// Its on/off state as last read or set, if known.
+    #[serde(default)]
+    pub on: Option<bool>,
+}
+
+/// The controller's own records (the fabric itself lives in rs-matter's key-value store).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Book {
+    /// Intermediate CA private key, hex: signs new devices' certificates.
+    icac_key: String,
+    next_node_id: u64,
+    devices: Vec<Device>,
+}
+
+const BOOK: &str = "controller.json";
+const FABRIC_ID: u64 = 0xA7_0000_0001;
+const CONTROLLER_NODE_ID: u64 = 112_233;
+const FIRST_DEVICE_NODE_ID: u64 = 0x1000;
+const VENDOR_ID: u16 = 0xFFF1;
+/// Each device operation's bound; commissioning takes longer (key generation, several steps).
+const OP_TIMEOUT: Duration = Duration::from_secs(10);
+const COMMISSION_TIMEOUT: Duration = Duration::from_secs(45);
+
+impl Book {
+    fn load(dir: &Path) -> Result<Option<Self>, MatterError> {
+        let path = dir.join(BOOK);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| MatterError::State {
+                    path,
+                    detail: e.to_string(),
+                }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(MatterError::State {
+                path,
+                detail: e.to_string(),
+            }),
+        }
+    }
+
+    /// Written to a temporary file and renamed: a crash never leaves half a book.
+    fn save(&self, dir: &Path) -> Result<(), MatterError> {
+        let path = dir.join(BOOK);
+        let partial = dir.join(format!("{BOOK}.partial"));
+        let state = |e: std::io::Error| MatterError::State {
+            path: path.clone(),
+            detail: e.to_string(),
+        };
+        let bytes = serde_json::to_vec_pretty(self).unwrap_or_default();
+        std::fs::write(&partial, bytes).map_err(state)?;
+        std::fs::rename(&partial, &path).map_err(state)
+    }
+}
+
+enum Command {
+    Commission {
+        addr: SocketAddr,
+        passcode: u32,
+        name: String,
+        reply: oneshot::Sender<Result<Device, MatterError>>,
+    },
+    Act {
+        device: String,
+        action: Action,
+        reply: oneshot::Sender<Result<Device, MatterError>>,
+    },
+    Read {
+        device: String,
+        reply: oneshot::Sender<Result<Device, MatterError>>,
+    },
+    Devices {
+        reply: oneshot::Sender<Vec<Device>>,
+    },
+}
+
+/// Handle to the controller thread; dropping it stops the thread.
+#[derive(Debug)]
+pub struct Controller {
+    commands: mpsc::UnboundedSender<Command>,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Command")
+    }
+}
+
+impl Controller {
+    /// Starts the controller with its state in `dir` (created on first use: a new fabric).
+    pub fn start(dir: PathBuf) -> Result<Self, MatterError> {
+        std::fs::create_dir_all(&dir).map_err(|e| MatterError::State {
+            path: dir.clone(),
+            detail: e.to_string(),
+        })?;
+        let (commands, rx) = mpsc::unbounded_channel();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("matter-controller".into())
+            .stack_size(16 << 20)
+            .spawn(move || {
+                let result = futures_lite::future::block_on(run(&dir, rx, &ready_tx));
+                if let Err(e) = result {
+                    let _ = ready_tx.send(Err(e));
+                }
+            })
+            .map_err(|e| MatterError::Stopped(e.to_string()))?;
+        ready_rx
+            .recv()
+            .map_err(|_| MatterError::Stopped("the controller thread ended at start".into()))??;
+        Ok(Self { commands })
+    }
+
+    async fn ask<T>(
+        &self,
+        command: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, MatterError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(command(tx))
+            .map_err(|_| MatterError::Stopped("its thread has ended".into()))?;
+        rx.await
+            .map_err(|_| MatterError::Stopped("it dropped the request".into()))
+    }
+
+    /// Commissions the device at `addr` (its setup passcode `passcode`) under `name`.
+    pub async fn commission(
+        &self,
+        addr: SocketAddr,
+        passcode: u32,
+        name: &str,
+    ) -> Result<Device, MatterError> {
+        let name = name.trim().to_owned();
+        self.ask(|reply| Command::Commission {
+            addr,
+            passcode,
+            name,
+            reply,
+        })
+        .await?
+    }
+
+    /// Switches a device (by name or node id); returns it with its new state.
+    pub async fn act(&self, device: &str, action: Action) -> Result<Device, MatterError> {
+        let device = device.to_owned();
+        self.ask(|reply| Command::Act {
+            device,
+            action,
+            reply,
+        })
+        .await?
+    }
+
+    /// Reads a device's OnOff attribute.
+    pub async fn read(&self, device: &str) -> Result<Device, MatterError> {
+        let device = device.to_owned();
+        self.ask(|reply| Command::Read { device, reply }).await?
+    }
+
+    /// The commissioned devices, with their last known state.
+    pub async fn devices(&self) -> Result<Vec<Device>, MatterError> {
+        self.ask(|reply| Command::Devices { reply }).await
+    }
+}
+
+/// The device address as rs-matter wants it (IPv6, IPv4 mapped).
+fn v6(addr: SocketAddr) -> SocketAddrV6 {
+    match addr {
+        SocketAddr::V6(v6) => v6,
+        SocketAddr::V4(v4) => SocketAddrV6::new(v4.ip().to_ipv6_mapped(), v4.port(), 0, 0),
+    }
+}
+
+async fn with_timeout<T>(
+    what: &str,
+    limit: Duration,
+    work: impl Future<Output = Result<T, Error>>,
+) -> Result<T, MatterError> {
+    with_timeout_or(what, limit, work, |_| None).await
+}
+
+/// Like [`with_timeout`], with `special` turning some stack errors into a clearer one.
+async fn with_timeout_or<T>(
+    what: &str,
+    limit: Duration,
+    work: impl Future<Output = Result<T, Error>>,
+    special: impl Fn(&Error) -> Option<MatterError>,
+) -> Result<T, MatterError> {
+    let timer =
+        embassy_time::Timer::after(embassy_time::Duration::from_millis(limit.as_millis() as u64));
+    match select(pin!(work), timer).await {
+        Either::First(Ok(value)) => Ok(value),
+        Either::First(Err(e)) if special(&e).is_some() => {
+            Err(special(&e).unwrap_or(MatterError::Stopped(String::new())))
+        }
+        Either::First(Err(e))
+            if matches!(e.code(), ErrorCode::TxTimeout | ErrorCode::RxTimeout) =>
+        {
+            Err(MatterError::Timeout {
+                what: what.into(),
+                secs: limit.as_secs(),
+            })
+        }
+        Either::First(Err(e)) => Err(MatterError::Stack {
+            what: what.into(),
+            detail: format!("{e}"),
+        }),
+        Either::Second(()) => Err(MatterError::Timeout {
+            what: what.into(),
+            secs: limit.as_secs(),
+        }),
+    }
+}
+
+async fn run(
+    dir: &Path,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+    ready: &std::sync::mpsc::Sender<Result<(), MatterError>>,
+) -> Result<(), MatterError> {
+    let matter = Box::new(Matter::new(&TEST_DEV_DET, TEST_DEV_COMM, &TEST_DEV_ATT, 0));
+    let crypto = default_crypto(rand::rng(), DAC_PRIVKEY);
+    let kv = matter.kv(DirKvBlobStore::new(dir.join("fabric")));
+    matter.startup(&kv)?;
+    let socket = crate::device::dual_stack(0).map_err(|e| MatterError::Stopped(e.to_string()))?;
+    let (fab_idx, book) = match Book::load(dir)? {
+        Some(book) => {
+            let fab_idx = matter
+                .with_state(|s| s.fabrics.iter().next().map(|f| f.fab_idx()))
+                .ok_or_else(|| MatterError::State {
+                    path: dir.join("fabric"),
+                    detail: "the controller's fabric is missing; remove the directory to start a new fabric (devices must then be commissioned again)".into(),
+                })?;
+            (fab_idx, book)
+        }
+        None => {
+            let (fab_idx, icac_key) = new_fabric(&matter, &crypto)?;
+            matter.with_state(|s| -> Result<(), Error> {
+                FabricPersist::new(&kv).store(s.fabrics.fabric(fab_idx)?)
+            })?;
+            let book = Book {
+                icac_key,
+                next_node_id: FIRST_DEVICE_NODE_ID,
+                devices: Vec::new(),
+            };
+            book.save(dir)?;
+            (fab_idx, book)
+        }
+    };
+    let book = RefCell::new(book);
+    let _ = ready.send(Ok(()));
+
+    let mut transport = pin!(matter.run(&crypto, &socket, &socket, NoNetwork));
+    let mut resolver = pin!(resolve_from_book(&matter, &book));
+    let mut serve = pin!(async {
+        let ctx = Ctx {
+            matter: &matter,
+            crypto: &crypto,
+            fab_idx,
+            book: &book,
+            dir,
+        };
+        while let Some(command) = commands.recv().await {
+            ctx.handle(command).await;
+        }
+        Ok::<(), Error>(())
+    });
+    select3(&mut transport, &mut resolver, &mut serve)
+        .coalesce()
+        .await
+        .map_err(MatterError::from)
+}
+
+/// A root and an intermediate CA, the controller's own operational certificate and an IPK,
+/// installed as the controller's fabric. Returns the fabric index and the intermediate key (hex).
+fn new_fabric<C: Crypto>(matter: &Matter<'_>, crypto: &C) -> Result<(NonZeroU8, String), Error> {
+    let mut rcac_buf = [0u8; MAX_CERT_TLV_AND_ASN1_LEN];
+    let mut rcac_gen = RcacGenerator::new(&mut rcac_buf);
+    let (rcac_key, rcac) = rcac_gen.generate(crypto, FABRIC_ID, VALID_FOREVER)?;
+    let mut icac_buf = [0u8; MAX_CERT_TLV_AND_ASN1_LEN];
+    let mut icac_gen = IcacGenerator::new(&mut icac_buf);
+    let (icac_key, icac) = icac_gen.generate(crypto, rcac_key.reference(), rcac, VALID_FOREVER)?;
+    drop(rcac_key); // only needed to mint another intermediate: never kept
+
+    let own_key = crypto.generate_secret_key()?;
+    let mut csr_buf = [0u8; 256];
+    let csr = own_key.csr(&mut csr_buf)?;
+    let mut own_key_canon = CanonPkcSecretKey::new();
+    own_key.write_canon(&mut own_key_canon)?;
+    let mut noc_buf = [0u8; MAX_CERT_TLV_AND_ASN1_LEN];
+    let mut nocs = NocGenerator::create(icac_key.reference(), rcac, icac, &mut noc_buf)?;
+    let own_noc = nocs.generate(crypto, csr, CONTROLLER_NODE_ID, &[], VALID_FOREVER)?;
+    let mut ipk = CanonAeadKey::new();
+    crypto.rand()?.fill_bytes(ipk.access_mut());
+    let fab_idx = matter.with_state(|state| {
+        state
+            .fabrics
+            .add(
+                crypto,
+                own_key_canon.reference(),
+                rcac,
+                own_noc,
+                icac,
+                Some(ipk.reference()),
+                VENDOR_ID,
+                CONTROLLER_NODE_ID,
+            )
+            .map(|f| f.fab_idx())
+    })?;
+    let hex: String = icac_key
+        .access()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Ok((fab_idx, hex))
+}
+
+fn find<'b>(book: &'b Book, device: &str) -> Option<&'b Device> {
+    let wanted = device.trim();
+    book.devices
+        .iter()
+        .find(|d| d.name.eq_ignore_ascii_case(wanted) || d.node_id.to_string() == wanted)
+}
+
+/// What every operation of the controller thread works with.
+struct Ctx<'a, C> {
+    matter: &'a Matter<'a>,
+    crypto: &'a C,
+    fab_idx: NonZeroU8,
+    book: &'a RefCell<Book>,
+    dir: &'a Path,
+}
+
+impl<C: Crypto> Ctx<'_, C> {
+    async fn handle(&self, command: Command) {
+        match command {
+            Command::Commission {
+                addr,
+                passcode,
+                name,
+                reply,
+            } => {
+                let _ = reply.send(self.commission(addr, passcode, &name).await);
+            }
+            Command::Act {
+                device,
+                action,
+                reply,
+            } => {
+                let _ = reply.send(self.act(&device, Some(action)).await);
+            }
+            Command::Read { device, reply } => {
+                let _ = reply.send(self.act(&device, None).await);
+            }
+            Command::Devices { reply } => {
+                let _ = reply.send(self.book.borrow().devices.clone());
+            }
+        }
+    }
+    async fn commission(
+        &self,
+        addr: SocketAddr,
+        passcode: u32,
+        name: &str,
+    ) -> Result<Device, MatterError> {
+        if name.is_empty() {
+            return Err(MatterError::BadCode(
+                "a device needs a name, e.g. \"garage light\"".into(),
+            ));
+        }
+        if find(&self.book.borrow(), name).is_some() {
+            return Err(MatterError::Duplicate(name.to_owned()));
+        }
+        let (icac_hex, node_id) = {
+            let book = self.book.borrow();
+            (book.icac_key.clone(), book.next_node_id)
+        };
+        let mut icac_key = CanonPkcSecretKey::new();
+        let bytes: Vec<u8> = (0..icac_hex.len() / 2)
+            .filter_map(|i| u8::from_str_radix(icac_hex.get(2 * i..2 * i + 2)?, 16).ok())
+            .collect();
+        icac_key
+            .try_load_from_slice(&bytes)
+            .map_err(|_| MatterError::State {
+                path: self.dir.join(BOOK),
+                detail: "the intermediate CA key does not load".into(),
+            })?;
+        let mut noc_buf = [0u8; MAX_CERT_TLV_AND_ASN1_LEN];
+        let mut nocs = NocGenerator::new(
+            self.matter,
+            icac_key.reference(),
+            self.fab_idx,
+            &mut noc_buf,
+        )?;
+        let mut scratch = [0u8; MAX_CERT_TLV_LEN];
+        let mut commissioner = Commissioner::new(
+            self.matter,
+            self.crypto,
+            self.fab_idx,
+            &mut nocs,
+            &mut scratch,
+        );
+        let options = CommissionOptions {
+            // Our virtual devices (and self.matter.js's) carry test attestation; DCL checks are not
+            // implemented by rs-self.matter 0.4.1.
+            allow_test_attestation: true,
+            ..CommissionOptions::default()
+        };
+        let target = v6(addr);
+        // The device's address goes into the table first: the CASE step resolves it from there.
+        let device = Device {
+            name: name.to_owned(),
+            node_id,
+            addr,
+            on: None,
+        };
+        let phase1 = commissioner.commission(
+            Address::Udp(SocketAddr::V6(target)),
+            passcode,
+            &options,
+            node_id,
+            VALID_FOREVER,
+        );
+        let result = with_timeout_or("commissioning", COMMISSION_TIMEOUT, phase1, |e| {
+            // PASE ends with `Invalid` when the passcode does not match the device's verifier.
+            (e.code() == ErrorCode::Invalid).then_some(MatterError::WrongCode(addr))
+        })
+        .await?;
+        {
+            let mut book = self.book.borrow_mut();
+            book.next_node_id += 1;
+            book.devices.push(device.clone());
+        }
+        let completed = with_timeout(
+            "commissioning (CASE)",
+            COMMISSION_TIMEOUT,
+            commissioner.complete_via_case(&result),
+        )
+        .await;
+        if let Err(e) = completed {
+            self.book
+                .borrow_mut()
+                .devices
+                .retain(|d| d.node_id != node_id);
+            self.book.borrow().save(self.dir)?;
+            return Err(e);
+        }
+        self.book.borrow().save(self.dir)?;
+        // Read its state once, so `list` shows it at once.
+        self.act(&node_id.to_string(), None).await
+    }
+
+    async fn act(&self, device: &str, action: Option<Action>) -> Result<Device, MatterError> {
+        let found = find(&self.book.borrow(), device).cloned();
+        let mut found = found.ok_or_else(|| MatterError::UnknownDevice(device.to_owned()))?;
+        let what = |verb: &str| format!("{verb} {}", found.name);
+        if let Some(action) = action {
+            let command = async {
+                let exchange =
+                    Exchange::initiate(self.matter, self.crypto, self.fab_idx, found.node_id)
+                        .await?;
+                let client = exchange.on_off();
+                match action {
+                    Action::On => client.on(1).await,
+                    Action::Off => client.off(1).await,
+                    Action::Toggle => client.toggle(1).await,
+                }
+            };
+            with_timeout(&what("switch"), OP_TIMEOUT, command).await?;
+        }
+        let read = async {
+            let exchange =
+                Exchange::initiate(self.matter, self.crypto, self.fab_idx, found.node_id).await?;
+            exchange.on_off().on_off_read(1).await
+        };
+        let on = with_timeout(&what("read"), OP_TIMEOUT, read).await?;
+        found.on = Some(on);
+        {
+            let mut book = self.book.borrow_mut();
+            if let Some(slot) = book.devices.iter_mut().find(|d| d.node_id == found.node_id) {
+                slot.on = Some(on);
+            }
+        }
+        let _ = self.book.borrow().save(self.dir);
+        Ok(found)
+    }
+}
+
+/// Answers the stack's operational-discovery requests from the devices' known addresses.
+async fn resolve_from_book(matter: &Matter<'_>, book: &RefCell<Book>) -> Result<(), Error> {
+    loop {
+        let service = matter.transport().wait_mdns_resolve_request().await;
+        let MatterRemoteService::Operational { node_id, .. } = &service else {
+            continue;
+        };
+        let Some(addr) = book
+            .borrow()
+            .devices
+            .iter()
+            .find(|d| d.node_id == *node_id)
+            .map(|d| v6(d.addr))
+        else {
+            continue;
+        };
+        let mut name = heapless::String::<128>::new();
+        service.instance_name(&mut name);
+        matter.transport().try_deposit_mdns_resolve(
+            &MdnsRemoteService {
+                instance_name: DottedName(name.as_str()),
+                port: Some(addr.port()),
+                addrs: core::iter::once(IpAddr::V6(*addr.ip())),
+                txt: None::<(&str, &str)>.into_iter(),
+                scope_id: 0,
+            },
+            &[],
+        );
+    }
+}
