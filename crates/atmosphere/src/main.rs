@@ -3,6 +3,7 @@
 mod client;
 mod demo;
 mod llm;
+mod matter;
 mod packages;
 mod render;
 
@@ -89,6 +90,9 @@ enum Command {
     /// Agents: deploy them on a node, list them, wake them with an input.
     #[command(subcommand)]
     Agent(AgentCommand),
+    /// The Matter bridge: commission devices, list and switch them, run a virtual light.
+    #[command(subcommand)]
+    Matter(matter::MatterCommand),
     /// Model packages for offline distribution: pack and seal, verify, push and pull over the
     /// mesh, export to and import from a directory (USB stick); imported models are served.
     #[command(subcommand)]
@@ -150,6 +154,9 @@ struct ServeArgs {
     /// Skip the short generation that measures the chat model's speed at start.
     #[arg(long)]
     no_warmup: bool,
+    /// Run a Matter controller (bridge) on this node; its fabric lives in DATA_DIR/matter.
+    #[arg(long)]
+    matter: bool,
     /// The LlamaFarm project file this node uses and keeps in sync with the mesh.
     #[arg(long, value_name = "PATH")]
     llamafarm_config: Option<PathBuf>,
@@ -436,6 +443,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
         }
         Command::Route { eval } => route(&client, eval, json).await,
         Command::Model(command) => packages::run(command, &client, json).await,
+        Command::Matter(command) => matter::run(command, &client, json).await,
         Command::Agent(AgentCommand::List) => {
             let agents = client.agents().await?;
             render::output(json, &agents, render::agents)
@@ -598,6 +606,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
     }
     if args.no_warmup {
         config.models.warmup = false;
+    }
+    if args.matter {
+        config.matter.controller = true;
     }
     if let Some(path) = args.llamafarm_config {
         config.llamafarm.config = Some(path);

@@ -38,6 +38,8 @@ pub struct ApiState {
     pub agents: Option<crate::agents::Agents>,
     /// Model packages (absent in API tests over the in-memory transport).
     pub packages: Option<crate::packages::Packages>,
+    /// The Matter controller, when this node runs one.
+    pub matter: Option<std::sync::Arc<atmosphere_matter::Controller>>,
 }
 
 /// An API error: a status code and a JSON body `{ "error": kind, "message": text }`.
@@ -250,6 +252,9 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/tokens", post(issue))
         .route("/v1/tokens/revoke", post(revoke))
         .route("/v1/intent", post(intent))
+        .route("/v1/matter/devices", get(matter_devices))
+        .route("/v1/matter/commission", post(matter_commission))
+        .route("/v1/matter/devices/{name}/{action}", post(matter_act))
         .route("/v1/packages", get(packages_list))
         .route("/v1/packages/seal", post(packages_seal))
         .route("/v1/packages/import", post(packages_import))
@@ -718,6 +723,7 @@ mod tests {
             tools: None,
             agents: None,
             packages: None,
+            matter: None,
         })
     }
 
@@ -935,4 +941,88 @@ async fn packages_push(
         .push(&request.name, &request.to, request.limit_rate)
         .await?;
     Ok(progress_lines(rx))
+}
+
+fn matter(state: &ApiState) -> Result<&atmosphere_matter::Controller, ApiError> {
+    state.matter.as_deref().ok_or(ApiError {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        kind: "no_matter",
+        message: format!(
+            "{} runs no Matter controller: set `[matter] controller = true` in its config or pass --matter",
+            state.node_name
+        ),
+    })
+}
+
+impl From<atmosphere_matter::MatterError> for ApiError {
+    fn from(error: atmosphere_matter::MatterError) -> Self {
+        use atmosphere_matter::MatterError as E;
+        let (status, kind) = match &error {
+            E::BadCode(_) | E::Duplicate(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            E::WrongCode(_) => (StatusCode::FORBIDDEN, "wrong_code"),
+            E::UnknownDevice(_) => (StatusCode::NOT_FOUND, "unknown_device"),
+            E::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "device_timeout"),
+            _ => (StatusCode::BAD_GATEWAY, "matter_failed"),
+        };
+        Self {
+            status,
+            kind,
+            message: error.to_string(),
+        }
+    }
+}
+
+/// Body of `POST /v1/matter/commission`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CommissionRequest {
+    /// The manual pairing code the device shows (`3497-011-2332`), or its bare setup passcode.
+    pub code: String,
+    /// Where the device answers (`IP:PORT`; Matter's port is 5540).
+    pub address: std::net::SocketAddr,
+    /// What people call it ("garage light").
+    pub name: String,
+}
+
+async fn matter_devices(
+    State(state): State<ApiState>,
+) -> Result<Json<Vec<serde_json::Value>>, ApiError> {
+    let devices = matter(&state)?.devices().await?;
+    Ok(Json(
+        devices.iter().map(crate::tools::device_json).collect(),
+    ))
+}
+
+async fn matter_commission(
+    State(state): State<ApiState>,
+    Json(request): Json<CommissionRequest>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let controller = matter(&state)?;
+    let code = request.code.trim();
+    let passcode = if code.len() <= 8 && code.chars().all(|c| c.is_ascii_digit()) {
+        code.parse()
+            .map_err(|_| crate::openai::bad_request("the setup passcode is 1 to 8 digits"))?
+    } else {
+        atmosphere_matter::passcode_from_pairing_code(code)?
+    };
+    let device = controller
+        .commission(request.address, passcode, &request.name)
+        .await?;
+    Ok(Json(crate::tools::device_json(&device)))
+}
+
+async fn matter_act(
+    State(state): State<ApiState>,
+    axum::extract::Path((name, action)): axum::extract::Path<(String, String)>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let controller = matter(&state)?;
+    let device = match action.as_str() {
+        "read" => controller.read(&name).await?,
+        other => {
+            let action = other
+                .parse()
+                .map_err(|e: String| crate::openai::bad_request(e))?;
+            controller.act(&name, action).await?
+        }
+    };
+    Ok(Json(crate::tools::device_json(&device)))
 }

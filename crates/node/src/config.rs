@@ -64,6 +64,8 @@ pub struct NodeConfig {
     pub notify: crate::tools::NotifySettings,
     /// The object detector and the cameras of this node (`vision:detect`, `vision:analyze`).
     pub vision: crate::tools::VisionSettings,
+    /// The Matter bridge: a controller on this node (`matter:list_devices`, `matter:execute`).
+    pub matter: crate::tools::MatterSettings,
 }
 
 /// `[[descriptors]]`: a capability in people's words.
@@ -208,6 +210,7 @@ impl Default for NodeConfig {
             descriptors: Vec::new(),
             notify: Default::default(),
             vision: Default::default(),
+            matter: Default::default(),
         }
     }
 }
@@ -318,6 +321,10 @@ impl NodeConfig {
                 mesh.capabilities.push(capability);
             }
         }
+        let matter = Capability::new("matter", None);
+        if self.matter.controller && !mesh.capabilities.contains(&matter) {
+            mesh.capabilities.push(matter);
+        }
         mesh.bootstrap = self.bootstrap_peers()?;
         mesh.gossip_interval = self.gossip.interval;
         mesh.call_timeout = (self.gossip.interval * 2).max(Duration::from_millis(500));
@@ -418,6 +425,11 @@ health_interval = "5s"  # how often model servers are checked; a failing one is 
 [vision]
 # model = "/path/to/nanodet.json"
 # cameras = { garage_cam = "/var/lib/atmosphere/frames/garage" }   # a directory of frames, a file or a URL
+
+# The Matter bridge: a controller that commissions devices (`atmosphere matter commission`) and
+# offers them as tools; its fabric and devices live in <data_dir>/matter.
+[matter]
+# controller = true
 
 [gossip]
 interval = "500ms"          # time between rounds

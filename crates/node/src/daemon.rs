@@ -41,6 +41,8 @@ pub enum NodeError {
     Trust(#[from] TrustError),
     #[error(transparent)]
     Models(#[from] crate::models::ModelError),
+    #[error("Matter controller: {0}")]
+    Matter(atmosphere_matter::MatterError),
     #[error("model packages: {0}")]
     Packages(#[from] crate::packages::PackagesError),
     #[error("model server: {0}")]
@@ -232,6 +234,17 @@ pub async fn run(
         warn!("tool file skipped: {error}");
     }
     local_tools.extend(external);
+    let matter = if config.matter.controller {
+        let controller = atmosphere_matter::Controller::start(config.data_dir.join("matter"))
+            .map_err(NodeError::Matter)?;
+        info!("Matter controller running");
+        Some(Arc::new(controller))
+    } else {
+        None
+    };
+    if let Some(controller) = &matter {
+        local_tools.extend(crate::tools::matter_tools(controller.clone()));
+    }
     local_tools.extend(crate::tools::vision_tools(
         &config.vision,
         &atmosphere_backends::models::cache_dir(),
@@ -327,6 +340,7 @@ pub async fn run(
         tools: Some(tools),
         agents: Some(agents),
         packages: Some(packages),
+        matter,
     });
 
     let saver = tokio::spawn(save_peers_periodically(mesh.clone(), store.clone()));

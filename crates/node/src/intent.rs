@@ -792,6 +792,7 @@ impl Intents {
                 Ok(reply(format!("Notification sent: {detail}"), None, None))
             }
             "routing" => Ok(reply(self.routing_report().await?, None, None)),
+            "matter" => Ok(reply(self.matter_command(&request.text).await?, None, None)),
             other if other.starts_with(AGENT_PREFIX) => {
                 let name = &other[AGENT_PREFIX.len()..];
                 let agents = self
@@ -817,6 +818,60 @@ impl Intents {
                 self.inner.node_name
             )),
         }
+    }
+
+    /// A spoken device request carried out by this node's Matter bridge: which device (its name
+    /// in the words), what to do (on, off, toggle; a question reads the state).
+    async fn matter_command(&self, text: &str) -> Result<String, String> {
+        let tools = self
+            .inner
+            .tools
+            .get()
+            .ok_or("no tool service on this node")?;
+        let listed = tools
+            .run_local("matter:list_devices", serde_json::json!({}))
+            .await
+            .map_err(|e| e.to_string())?;
+        let names: Vec<String> = listed["devices"]
+            .as_array()
+            .map(|list| {
+                list.iter()
+                    .filter_map(|d| d["name"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let device = crate::tools::device_in(text, &names).ok_or_else(|| {
+            format!(
+                "{} controls {names:?}; which one did you mean?",
+                self.inner.node_name
+            )
+        })?;
+        let action = crate::tools::action_in(text);
+        let verb = match action {
+            Some(atmosphere_matter::Action::On) => "on",
+            Some(atmosphere_matter::Action::Off) => "off",
+            Some(atmosphere_matter::Action::Toggle) => "toggle",
+            None => "read",
+        };
+        let output = tools
+            .run_local(
+                "matter:execute",
+                serde_json::json!({"device": device, "action": verb}),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let state = match output["state"]["on"].as_bool() {
+            Some(true) => "ON",
+            Some(false) => "OFF",
+            None => "in an unknown state",
+        };
+        Ok(match action {
+            Some(_) => format!(
+                "{device} is now {state} (Matter, via {})",
+                self.inner.node_name
+            ),
+            None => format!("{device} is {state} (Matter, via {})", self.inner.node_name),
+        })
     }
 
     /// Chat on this node: the named model (own or a fronted server's), else the own model, else

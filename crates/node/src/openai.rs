@@ -106,7 +106,7 @@ pub struct Usage {
     pub total_tokens: usize,
 }
 
-fn bad_request(message: impl Into<String>) -> ApiError {
+pub(crate) fn bad_request(message: impl Into<String>) -> ApiError {
     ApiError {
         status: StatusCode::BAD_REQUEST,
         kind: "invalid_request",

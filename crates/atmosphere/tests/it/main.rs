@@ -6,6 +6,7 @@ mod auth;
 mod cli;
 mod kit;
 mod lan;
+mod matter;
 mod packages;
 mod processes;
 mod tools;

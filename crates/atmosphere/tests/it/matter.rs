@@ -1,0 +1,196 @@
+//! The Matter bridge across real processes: the project's virtual light (a real rs-matter
+//! device) is commissioned by node C's controller; "Turn on the garage lights" said to node A
+//! routes to C, which switches the light — the device itself reports ON — and the state is
+//! visible from A. Bad input: a wrong setup code, an unknown device, an unsupported action.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use crate::kit::{self, BIN, cli, cli_fails, post_json};
+
+/// Starts `atmosphere matter virtual-device`; returns the child, its ready line and a receiver of
+/// its on/off events.
+async fn virtual_light(
+    state_dir: &std::path::Path,
+) -> (
+    tokio::process::Child,
+    Value,
+    tokio::sync::mpsc::UnboundedReceiver<bool>,
+) {
+    let port = std::net::UdpSocket::bind("[::]:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = tokio::process::Command::new(BIN)
+        .args(["matter", "virtual-device", "--kind", "light", "--port"])
+        .arg(port.to_string())
+        .arg("--state-dir")
+        .arg(state_dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let ready = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let line = lines.next_line().await.unwrap().expect("the light exited");
+            if let Ok(value) = serde_json::from_str::<Value>(&line)
+                && value["event"] == "ready"
+            {
+                return value;
+            }
+        }
+    })
+    .await
+    .expect("the light was not ready within 30 s");
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Ok(value) = serde_json::from_str::<Value>(&line)
+                && let Some(on) = value["on"].as_bool()
+            {
+                let _ = tx.send(on);
+            }
+        }
+    });
+    (child, ready, rx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_intent_on_one_node_switches_the_light_another_node_bridges() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_light, ready, mut changes) = virtual_light(&dir.path().join("light")).await;
+    let port = ready["port"].as_u64().unwrap();
+    let code = ready["pairing_code"].as_str().unwrap().to_owned();
+
+    let mesh = kit::unique_mesh("matter");
+    let a = kit::start(
+        "a",
+        &dir.path().join("a"),
+        &kit::loopback_args(&mesh, "off", &[], &[]),
+    )
+    .await;
+    let seed = vec![a.bootstrap_line()];
+    let b = kit::start(
+        "b",
+        &dir.path().join("b"),
+        &kit::loopback_args(&mesh, "off", &[], &seed),
+    )
+    .await;
+    let mut c_args = kit::loopback_args(&mesh, "off", &[], &seed);
+    c_args.push("--matter".into());
+    let c = kit::start("c", &dir.path().join("c"), &c_args).await;
+    kit::form_mesh(&[&a, &b, &c]);
+    let apis = [a.api(), b.api(), c.api()];
+    kit::all_alive(&apis, &[a.id(), b.id(), c.id()], Duration::from_secs(20)).await;
+
+    // C commissions the light with the code it printed.
+    let address = format!("127.0.0.1:{port}");
+    let started = std::time::Instant::now();
+    let out = cli(&[
+        "--api",
+        &apis[2],
+        "--json",
+        "matter",
+        "commission",
+        &code,
+        "--address",
+        &address,
+        "--name",
+        "garage light",
+    ]);
+    let commissioned: Value = serde_json::from_str(&out).unwrap();
+    eprintln!("commissioning took {:?}", started.elapsed());
+    assert_eq!(commissioned["state"]["on"], false, "{commissioned}");
+
+    // Said to A, done by C's bridge; the light itself reports ON.
+    let started = std::time::Instant::now();
+    let (status, outcome) = post_json(
+        &format!("http://{}/v1/intent", apis[0]),
+        &json!({"text": "Turn on the garage lights"}),
+    )
+    .await;
+    eprintln!("intent to light took {:?}", started.elapsed());
+    assert_eq!(status, 200, "{outcome}");
+    assert_eq!(outcome["decision"]["capability"], "matter", "{outcome}");
+    assert_eq!(outcome["result"]["node"], "c", "{outcome}");
+    assert!(
+        outcome["result"]["text"]
+            .as_str()
+            .unwrap()
+            .contains("garage light is now ON"),
+        "{outcome}"
+    );
+    let on = tokio::time::timeout(Duration::from_secs(10), changes.recv())
+        .await
+        .expect("the light reported no change")
+        .unwrap();
+    assert!(on, "the device reports ON");
+
+    // The state, from A, through C's tool.
+    let (status, listed) = post_json(
+        &format!("http://{}/v1/tools/matter:list_devices/call", apis[0]),
+        &json!({"args": {}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{listed}");
+    assert_eq!(listed["node"], "c");
+    assert_eq!(
+        listed["output"]["devices"][0]["state"]["on"], true,
+        "{listed}"
+    );
+
+    // Off again in other words (the router is warm now: this is the steady-state latency).
+    let started = std::time::Instant::now();
+    let (_, outcome) = post_json(
+        &format!("http://{}/v1/intent", apis[0]),
+        &json!({"text": "switch the garage light off"}),
+    )
+    .await;
+    eprintln!("second intent took {:?}", started.elapsed());
+    assert!(
+        outcome["result"]["text"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("is now OFF"),
+        "{outcome}"
+    );
+    assert_eq!(changes.recv().await, Some(false));
+    // By name on C.
+    let out = cli(&["--api", &apis[2], "matter", "set", "garage light", "toggle"]);
+    assert!(out.contains("garage light is ON"), "{out}");
+    assert_eq!(changes.recv().await, Some(true));
+    let out = cli(&["--api", &apis[2], "matter", "list"]);
+    assert!(out.contains("garage light") && out.contains("ON"), "{out}");
+
+    // Bad input.
+    let err = cli_fails(&["--api", &apis[2], "matter", "set", "porch light", "on"]);
+    assert!(
+        err.contains("no Matter device called \"porch light\""),
+        "{err}"
+    );
+    let err = cli_fails(&["--api", &apis[2], "matter", "set", "garage light", "dim"]);
+    assert!(err.contains("unknown action"), "{err}");
+    let (_other, other_ready, _) = virtual_light(&dir.path().join("other")).await;
+    let other = format!("127.0.0.1:{}", other_ready["port"]);
+    let err = cli_fails(&[
+        "--api",
+        &apis[2],
+        "matter",
+        "commission",
+        "11111111",
+        "--address",
+        &other,
+        "--name",
+        "porch light",
+    ]);
+    assert!(err.contains("refused the setup code"), "{err}");
+    let err = cli_fails(&["--api", &apis[0], "matter", "list"]);
+    assert!(err.contains("runs no Matter controller"), "{err}");
+    let _ = b;
+}
