@@ -15,8 +15,11 @@ use atmosphere_proto::{Capability, Load, NodeId};
 
 use crate::membership::Membership;
 
-/// Microseconds charged per hop on top of the measured link latency (forwarding work).
-pub const HOP_COST_US: u64 = 500;
+/// Microseconds charged per hop on top of the measured link latency (forwarding work: a relay
+/// decodes, looks up and re-sends). A detour must save more than this per extra hop, so a busy
+/// moment on a direct link (RTT samples of a few ms on a loaded machine) does not reroute through
+/// a relay that is just as busy.
+pub const HOP_COST_US: u64 = 2_000;
 /// Longest path considered (loop and runaway guard for relayed requests too).
 pub const MAX_HOPS: u8 = 8;
 

@@ -1,7 +1,7 @@
 //! The core tools every node can offer, each doing real work on the node that runs it:
 //! `llm:generate` and `llm:embed` (only where a chat model / embeddings are served),
-//! `system:health`, `mesh:route`, `notify:send`. `rag:query`, `vision:*` and `matter:*` arrive
-//! with their subsystems and are not announced before.
+//! `system:health`, `mesh:route`, `notify:send`. The contracts of `rag:query`, `vision:*` and
+//! `matter:*` are here too; their subsystems attach the handlers and announce them.
 
 use std::path::PathBuf;
 use std::sync::Arc;
