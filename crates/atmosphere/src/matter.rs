@@ -26,7 +26,7 @@ pub enum MatterCommand {
         #[arg(long)]
         name: String,
     },
-    /// The devices the local node's bridge controls, with their state.
+    /// Every Matter device in the mesh, with its state and the node that bridges it.
     List,
     /// Switch a device: on, off, toggle, or read its state.
     Set { device: String, action: String },
@@ -85,9 +85,10 @@ pub async fn run(command: MatterCommand, client: &Client, json: bool) -> Result<
                 list.iter()
                     .map(|d| {
                         format!(
-                            "{:24} {:6} node {:>6}  {}\n",
+                            "{:24} {:4} via {:16} node {:>6}  {}\n",
                             d["name"].as_str().unwrap_or_default(),
                             state(d),
+                            d["bridge"].as_str().unwrap_or_default(),
                             d["id"].as_str().unwrap_or_default(),
                             d["address"].as_str().unwrap_or_default()
                         )

@@ -40,6 +40,8 @@ pub struct ApiState {
     pub packages: Option<crate::packages::Packages>,
     /// The Matter controller, when this node runs one.
     pub matter: Option<std::sync::Arc<atmosphere_matter::Controller>>,
+    /// Every bridge's devices, as gossiped.
+    pub matter_view: crate::bridge::MatterView,
 }
 
 /// An API error: a status code and a JSON body `{ "error": kind, "message": text }`.
@@ -724,6 +726,7 @@ mod tests {
             agents: None,
             packages: None,
             matter: None,
+            matter_view: Default::default(),
         })
     }
 
@@ -983,13 +986,22 @@ pub struct CommissionRequest {
     pub name: String,
 }
 
+/// `GET /v1/matter/devices`: every device in the mesh, each with the node that bridges it; this
+/// node's own first and fresh, the others as gossiped.
 async fn matter_devices(
     State(state): State<ApiState>,
 ) -> Result<Json<Vec<serde_json::Value>>, ApiError> {
-    let devices = matter(&state)?.devices().await?;
-    Ok(Json(
-        devices.iter().map(crate::tools::device_json).collect(),
-    ))
+    let mut out = Vec::new();
+    if let Some(controller) = &state.matter {
+        for device in controller.devices().await? {
+            let mut device = crate::tools::device_json(&device);
+            device["bridge"] = serde_json::Value::String(state.node_name.clone());
+            out.push(device);
+        }
+    }
+    let others_only = state.matter.is_some();
+    out.extend(state.matter_view.devices(&state.mesh, others_only).await);
+    Ok(Json(out))
 }
 
 async fn matter_commission(

@@ -268,6 +268,13 @@ pub async fn run(
         tool_rx,
         trust_cancel.clone(),
     ));
+    let matter_view = crate::bridge::MatterView::default();
+    let bridge_task = tokio::spawn(crate::bridge::run(
+        matter_view.clone(),
+        mesh.clone(),
+        matter.clone(),
+        trust_cancel.clone(),
+    ));
     let packages = crate::packages::Packages::open(
         mesh.clone(),
         &config.data_dir,
@@ -341,6 +348,7 @@ pub async fn run(
         agents: Some(agents),
         packages: Some(packages),
         matter,
+        matter_view,
     });
 
     let saver = tokio::spawn(save_peers_periodically(mesh.clone(), store.clone()));
@@ -381,6 +389,7 @@ pub async fn run(
     let _ = tools_task.await;
     let _ = agents_task.await;
     let _ = packages_task.await;
+    let _ = bridge_task.await;
     dispatcher.abort();
     let _ = models_task.await;
     let _ = stop_tx.send(());

@@ -4,6 +4,7 @@
 
 pub mod agents;
 pub mod api;
+pub mod bridge;
 pub mod config;
 pub mod configsync;
 pub mod daemon;

@@ -190,7 +190,28 @@ async fn an_intent_on_one_node_switches_the_light_another_node_bridges() {
         "porch light",
     ]);
     assert!(err.contains("refused the setup code"), "{err}");
-    let err = cli_fails(&["--api", &apis[0], "matter", "list"]);
+    let err = cli_fails(&["--api", &apis[0], "matter", "set", "garage light", "on"]);
     assert!(err.contains("runs no Matter controller"), "{err}");
+
+    // Every node lists the light, its bridge and its state, from gossip.
+    let a_api = apis[0].clone();
+    kit::eventually(
+        Duration::from_secs(15),
+        "A lists the light ON via c",
+        || {
+            let a_api = a_api.clone();
+            async move {
+                let devices = kit::get_json(&format!("http://{a_api}/v1/matter/devices")).await?;
+                let light = devices.as_array()?.first()?.clone();
+                (light["bridge"] == "c" && light["state"]["on"] == true).then_some(())
+            }
+        },
+    )
+    .await;
+    let out = cli(&["--api", &apis[1], "matter", "list"]);
+    assert!(
+        out.contains("garage light") && out.contains("via c"),
+        "{out}"
+    );
     let _ = b;
 }
