@@ -154,7 +154,7 @@ struct ServeArgs {
     /// Skip the short generation that measures the chat model's speed at start.
     #[arg(long)]
     no_warmup: bool,
-    /// Run a Matter controller (bridge) on this node; its fabric lives in DATA_DIR/matter.
+    /// Run a Matter controller (bridge) on this node; its fabric lives in the node database.
     #[arg(long)]
     matter: bool,
     /// The LlamaFarm project file this node uses and keeps in sync with the mesh.

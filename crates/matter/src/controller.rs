@@ -10,7 +10,7 @@ use core::cell::RefCell;
 use core::num::NonZeroU8;
 use core::pin::pin;
 use std::net::{IpAddr, SocketAddr, SocketAddrV6};
-use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use embassy_futures::select::{Either, select, select3};
@@ -28,13 +28,14 @@ use rs_matter::fabric::FabricPersist;
 use rs_matter::onboard::cac::{IcacGenerator, RcacGenerator};
 use rs_matter::onboard::noc::NocGenerator;
 use rs_matter::onboard::{CommissionOptions, Commissioner};
-use rs_matter::persist::DirKvBlobStore;
 use rs_matter::transport::exchange::Exchange;
 use rs_matter::transport::network::mdns::{DottedName, MdnsRemoteService};
 use rs_matter::transport::network::{Address, MatterRemoteService, NoNetwork};
 use rs_matter::utils::select::Coalesce;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
+
+use crate::state::{Blobs, StateStore};
 
 /// Why a Matter operation failed. Each says what to do.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -56,8 +57,8 @@ pub enum MatterError {
     Stack { what: String, detail: String },
     #[error("the Matter controller has stopped: {0}")]
     Stopped(String),
-    #[error("controller state in {path}: {detail}")]
-    State { path: PathBuf, detail: String },
+    #[error("controller state ({key}): {detail}")]
+    State { key: String, detail: String },
 }
 
 impl From<Error> for MatterError {
@@ -119,7 +120,6 @@ struct Book {
     devices: Vec<Device>,
 }
 
-const BOOK: &str = "controller.json";
 const FABRIC_ID: u64 = 0xA7_0000_0001;
 const CONTROLLER_NODE_ID: u64 = 112_233;
 const FIRST_DEVICE_NODE_ID: u64 = 0x1000;
@@ -128,35 +128,30 @@ const VENDOR_ID: u16 = 0xFFF1;
 const OP_TIMEOUT: Duration = Duration::from_secs(10);
 const COMMISSION_TIMEOUT: Duration = Duration::from_secs(45);
 
+const BOOK_KEY: &str = "book";
+
 impl Book {
-    fn load(dir: &Path) -> Result<Option<Self>, MatterError> {
-        let path = dir.join(BOOK);
-        match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
+    fn load(store: &dyn StateStore) -> Result<Option<Self>, MatterError> {
+        let state = |detail: String| MatterError::State {
+            key: BOOK_KEY.into(),
+            detail,
+        };
+        match store.load(BOOK_KEY).map_err(state)? {
+            Some(bytes) => serde_json::from_slice(&bytes)
                 .map(Some)
-                .map_err(|e| MatterError::State {
-                    path,
-                    detail: e.to_string(),
-                }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(MatterError::State {
-                path,
-                detail: e.to_string(),
-            }),
+                .map_err(|e| state(e.to_string())),
+            None => Ok(None),
         }
     }
 
-    /// Written to a temporary file and renamed: a crash never leaves half a book.
-    fn save(&self, dir: &Path) -> Result<(), MatterError> {
-        let path = dir.join(BOOK);
-        let partial = dir.join(format!("{BOOK}.partial"));
-        let state = |e: std::io::Error| MatterError::State {
-            path: path.clone(),
-            detail: e.to_string(),
-        };
-        let bytes = serde_json::to_vec_pretty(self).unwrap_or_default();
-        std::fs::write(&partial, bytes).map_err(state)?;
-        std::fs::rename(&partial, &path).map_err(state)
+    fn save(&self, store: &dyn StateStore) -> Result<(), MatterError> {
+        let bytes = serde_json::to_vec(self).unwrap_or_default();
+        store
+            .store(BOOK_KEY, &bytes)
+            .map_err(|detail| MatterError::State {
+                key: BOOK_KEY.into(),
+                detail,
+            })
     }
 }
 
@@ -194,19 +189,15 @@ impl std::fmt::Debug for Command {
 }
 
 impl Controller {
-    /// Starts the controller with its state in `dir` (created on first use: a new fabric).
-    pub fn start(dir: PathBuf) -> Result<Self, MatterError> {
-        std::fs::create_dir_all(&dir).map_err(|e| MatterError::State {
-            path: dir.clone(),
-            detail: e.to_string(),
-        })?;
+    /// Starts the controller with its state in `store` (a new fabric on first use).
+    pub fn start(store: Arc<dyn StateStore>) -> Result<Self, MatterError> {
         let (commands, rx) = mpsc::unbounded_channel();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         std::thread::Builder::new()
             .name("matter-controller".into())
             .stack_size(16 << 20)
             .spawn(move || {
-                let result = futures_lite::future::block_on(run(&dir, rx, &ready_tx));
+                let result = futures_lite::future::block_on(run(store, rx, &ready_tx));
                 if let Err(e) = result {
                     let _ = ready_tx.send(Err(e));
                 }
@@ -320,22 +311,22 @@ async fn with_timeout_or<T>(
 }
 
 async fn run(
-    dir: &Path,
+    store: Arc<dyn StateStore>,
     mut commands: mpsc::UnboundedReceiver<Command>,
     ready: &std::sync::mpsc::Sender<Result<(), MatterError>>,
 ) -> Result<(), MatterError> {
     let matter = Box::new(Matter::new(&TEST_DEV_DET, TEST_DEV_COMM, &TEST_DEV_ATT, 0));
     let crypto = default_crypto(rand::rng(), DAC_PRIVKEY);
-    let kv = matter.kv(DirKvBlobStore::new(dir.join("fabric")));
+    let kv = matter.kv(Blobs(store.clone()));
     matter.startup(&kv)?;
     let socket = crate::device::dual_stack(0).map_err(|e| MatterError::Stopped(e.to_string()))?;
-    let (fab_idx, book) = match Book::load(dir)? {
+    let (fab_idx, book) = match Book::load(&*store)? {
         Some(book) => {
             let fab_idx = matter
                 .with_state(|s| s.fabrics.iter().next().map(|f| f.fab_idx()))
                 .ok_or_else(|| MatterError::State {
-                    path: dir.join("fabric"),
-                    detail: "the controller's fabric is missing; remove the directory to start a new fabric (devices must then be commissioned again)".into(),
+                    key: "kv".into(),
+                    detail: "the controller's fabric is missing though its devices are recorded; its state was damaged (devices must be commissioned again)".into(),
                 })?;
             (fab_idx, book)
         }
@@ -349,7 +340,7 @@ async fn run(
                 next_node_id: FIRST_DEVICE_NODE_ID,
                 devices: Vec::new(),
             };
-            book.save(dir)?;
+            book.save(&*store)?;
             (fab_idx, book)
         }
     };
@@ -364,7 +355,7 @@ async fn run(
             crypto: &crypto,
             fab_idx,
             book: &book,
-            dir,
+            store: &*store,
         };
         while let Some(command) = commands.recv().await {
             ctx.handle(command).await;
@@ -434,7 +425,7 @@ struct Ctx<'a, C> {
     crypto: &'a C,
     fab_idx: NonZeroU8,
     book: &'a RefCell<Book>,
-    dir: &'a Path,
+    store: &'a dyn StateStore,
 }
 
 impl<C: Crypto> Ctx<'_, C> {
@@ -488,7 +479,7 @@ impl<C: Crypto> Ctx<'_, C> {
         icac_key
             .try_load_from_slice(&bytes)
             .map_err(|_| MatterError::State {
-                path: self.dir.join(BOOK),
+                key: BOOK_KEY.into(),
                 detail: "the intermediate CA key does not load".into(),
             })?;
         let mut noc_buf = [0u8; MAX_CERT_TLV_AND_ASN1_LEN];
@@ -548,10 +539,10 @@ impl<C: Crypto> Ctx<'_, C> {
                 .borrow_mut()
                 .devices
                 .retain(|d| d.node_id != node_id);
-            self.book.borrow().save(self.dir)?;
+            self.book.borrow().save(self.store)?;
             return Err(e);
         }
-        self.book.borrow().save(self.dir)?;
+        self.book.borrow().save(self.store)?;
         // Read its state once, so `list` shows it at once.
         self.act(&node_id.to_string(), None).await
     }
@@ -587,7 +578,7 @@ impl<C: Crypto> Ctx<'_, C> {
                 slot.on = Some(on);
             }
         }
-        let _ = self.book.borrow().save(self.dir);
+        let _ = self.book.borrow().save(self.store);
         Ok(found)
     }
 }

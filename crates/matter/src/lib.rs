@@ -5,9 +5,11 @@
 
 pub mod controller;
 pub mod device;
+pub mod state;
 
 pub use controller::{Action, Controller, Device, MatterError};
 pub use device::{LightConfig, run_light};
+pub use state::{MemoryStore, StateStore};
 
 /// The setup passcode of the virtual devices unless one is given (the value chip-tool's tests use).
 pub const DEFAULT_PASSCODE: u32 = 20_202_021;

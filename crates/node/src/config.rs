@@ -427,7 +427,7 @@ health_interval = "5s"  # how often model servers are checked; a failing one is 
 # cameras = { garage_cam = "/var/lib/atmosphere/frames/garage" }   # a directory of frames, a file or a URL
 
 # The Matter bridge: a controller that commissions devices (`atmosphere matter commission`) and
-# offers them as tools; its fabric and devices live in <data_dir>/matter.
+# offers them as tools; its fabric and devices live in the node database (node.redb).
 [matter]
 # controller = true
 

@@ -235,8 +235,8 @@ pub async fn run(
     }
     local_tools.extend(external);
     let matter = if config.matter.controller {
-        let controller = atmosphere_matter::Controller::start(config.data_dir.join("matter"))
-            .map_err(NodeError::Matter)?;
+        let state = Arc::new(crate::store::MatterState(store.clone()));
+        let controller = atmosphere_matter::Controller::start(state).map_err(NodeError::Matter)?;
         info!("Matter controller running");
         Some(Arc::new(controller))
     } else {

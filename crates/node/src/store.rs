@@ -18,6 +18,8 @@ const AUTH: TableDefinition<&str, &[u8]> = TableDefinition::new("auth");
 const INVITES: TableDefinition<&[u8; 32], u64> = TableDefinition::new("invites");
 /// Agents deployed on this node: name → JSON `{def, state}`.
 const AGENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("agents");
+/// The Matter controller's state: its fabric's blobs and its device records.
+const MATTER: TableDefinition<&str, &[u8]> = TableDefinition::new("matter");
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
@@ -156,6 +158,34 @@ impl Store {
         txn.commit().map_err(db_err)
     }
 
+    /// A value of the Matter controller's state.
+    pub fn matter_get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = match txn.open_table(MATTER) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(db_err(e)),
+        };
+        Ok(table.get(key).map_err(db_err)?.map(|v| v.value().to_vec()))
+    }
+
+    /// Sets (`Some`) or removes (`None`) a value of the Matter controller's state.
+    pub fn matter_put(&self, key: &str, value: Option<&[u8]>) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut table = txn.open_table(MATTER).map_err(db_err)?;
+            match value {
+                Some(value) => {
+                    table.insert(key, value).map_err(db_err)?;
+                }
+                None => {
+                    table.remove(key).map_err(db_err)?;
+                }
+            }
+        }
+        txn.commit().map_err(db_err)
+    }
+
     /// Records an open invite by the hash of its secret.
     pub fn add_invite(&self, secret_hash: &[u8; 32], expires_at: u64) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(db_err)?;
@@ -220,5 +250,25 @@ mod tests {
             Some(&b"abc"[..])
         );
         assert_eq!(store.auth_get("nothing").unwrap(), None);
+    }
+}
+
+/// The Matter controller's state in the node's database.
+#[derive(Debug)]
+pub struct MatterState(pub std::sync::Arc<Store>);
+
+impl atmosphere_matter::StateStore for MatterState {
+    fn load(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
+        self.0.matter_get(key).map_err(|e| e.to_string())
+    }
+
+    fn store(&self, key: &str, bytes: &[u8]) -> Result<(), String> {
+        self.0
+            .matter_put(key, Some(bytes))
+            .map_err(|e| e.to_string())
+    }
+
+    fn remove(&self, key: &str) -> Result<(), String> {
+        self.0.matter_put(key, None).map_err(|e| e.to_string())
     }
 }

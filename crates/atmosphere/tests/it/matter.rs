@@ -213,5 +213,13 @@ async fn an_intent_on_one_node_switches_the_light_another_node_bridges() {
         out.contains("garage light") && out.contains("via c"),
         "{out}"
     );
+
+    // C restarts: its fabric and devices come back from its database; the light is reached by
+    // CASE again without commissioning.
+    let mut c = c;
+    c.restart().await;
+    let out = cli(&["--api", &c.api(), "matter", "set", "garage light", "off"]);
+    assert!(out.contains("garage light is OFF"), "{out}");
+    assert_eq!(changes.recv().await, Some(false));
     let _ = b;
 }

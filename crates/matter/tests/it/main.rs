@@ -6,7 +6,11 @@ use std::net::SocketAddr;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use atmosphere_matter::{Action, Controller, LightConfig, MatterError, run_light};
+use std::sync::Arc;
+
+use atmosphere_matter::{
+    Action, Controller, LightConfig, MatterError, MemoryStore, StateStore, run_light,
+};
 
 fn free_udp_port() -> u16 {
     std::net::UdpSocket::bind("[::]:0")
@@ -64,7 +68,8 @@ async fn the_controller_commissions_switches_and_after_a_restart_still_reaches_t
         "{code}"
     );
 
-    let controller = Controller::start(dir.path().join("controller")).unwrap();
+    let store: Arc<dyn StateStore> = Arc::new(MemoryStore::default());
+    let controller = Controller::start(store.clone()).unwrap();
     let device = controller
         .commission(addr, passcode, "garage light")
         .await
@@ -107,7 +112,7 @@ async fn the_controller_commissions_switches_and_after_a_restart_still_reaches_t
 
     // The controller restarts: its fabric and devices come back, CASE is set up again.
     drop(controller);
-    let controller = Controller::start(dir.path().join("controller")).unwrap();
+    let controller = Controller::start(store).unwrap();
     let devices = controller.devices().await.unwrap();
     assert_eq!(devices.len(), 1);
     let read = controller.read("garage light").await.unwrap();

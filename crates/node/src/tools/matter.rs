@@ -14,7 +14,7 @@ use super::{Handler, LocalTool, pending_contracts};
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MatterSettings {
-    /// Run a Matter controller on this node (its fabric lives in `<data_dir>/matter`).
+    /// Run a Matter controller on this node (its fabric and devices live in the node database).
     pub controller: bool,
 }
 
