@@ -223,3 +223,95 @@ async fn an_intent_on_one_node_switches_the_light_another_node_bridges() {
     assert_eq!(changes.recv().await, Some(false));
     let _ = b;
 }
+
+/// Where `scripts/fetch-matterjs` installs matter.js.
+fn matterjs_dir() -> std::path::PathBuf {
+    let cache = std::env::var_os("ATMOSPHERE_CACHE")
+        .filter(|v| !v.is_empty())
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/atmosphere")
+        });
+    cache.join("matterjs")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_light_built_with_matter_js_is_commissioned_and_switched_by_the_bridge() {
+    let dir = tempfile::tempdir().unwrap();
+    let js = matterjs_dir();
+    assert!(
+        js.join("node_modules/@matter/main").is_dir(),
+        "matter.js is not installed in {}: run scripts/fetch-matterjs",
+        js.display()
+    );
+    let port = std::net::UdpSocket::bind("[::]:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = tokio::process::Command::new("node")
+        .arg(js.join("light.mjs"))
+        .args([port.to_string(), "20202021".into(), "3840".into()])
+        .current_dir(&js)
+        .env("MATTER_STORAGE_PATH", dir.path().join("js"))
+        .env("MATTER_LOG_LEVEL", "error")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node (Node.js) is needed: scripts/setup installs it");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let line = lines
+                .next_line()
+                .await
+                .unwrap()
+                .expect("the matter.js light exited");
+            if line.contains("\"ready\"") {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("the matter.js light was not ready within 60 s");
+    let (tx, mut changes) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Ok(value) = serde_json::from_str::<Value>(&line)
+                && let Some(on) = value["on"].as_bool()
+            {
+                let _ = tx.send(on);
+            }
+        }
+    });
+
+    let mut args = kit::loopback_args(&kit::unique_mesh("matterjs"), "off", &[], &[]);
+    args.push("--matter".into());
+    let bridge = kit::start("bridge", &dir.path().join("bridge"), &args).await;
+    let api = bridge.api();
+    let address = format!("127.0.0.1:{port}");
+    let out = cli(&[
+        "--api",
+        &api,
+        "--json",
+        "matter",
+        "commission",
+        "20202021",
+        "--address",
+        &address,
+        "--name",
+        "js light",
+    ]);
+    let device: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(device["state"]["on"], false, "{device}");
+    let out = cli(&["--api", &api, "matter", "set", "js light", "on"]);
+    assert!(out.contains("js light is ON"), "{out}");
+    let on = tokio::time::timeout(Duration::from_secs(10), changes.recv())
+        .await
+        .expect("the matter.js light reported no change");
+    assert_eq!(on, Some(true), "the matter.js device itself reports ON");
+    let out = cli(&["--api", &api, "matter", "set", "js light", "off"]);
+    assert!(out.contains("js light is OFF"), "{out}");
+    assert_eq!(changes.recv().await, Some(false));
+}
