@@ -447,16 +447,18 @@ impl TrustService {
                     addrs: invite.addrs.clone(),
                 })
                 .await?;
-            let response = self
-                .mesh
-                .call(
-                    invite.authority_node,
-                    Request::Join {
-                        secret: invite.secret.to_vec(),
-                        name: node_name.to_owned(),
-                    },
-                )
-                .await?;
+            let join = Request::Join {
+                secret: invite.secret.to_vec(),
+                name: node_name.to_owned(),
+            };
+            // A connection that dies under the request (seen on a loaded machine) is dialled
+            // afresh once. Had the authority already used the invite, the retry is told so.
+            let response = match self.mesh.call(invite.authority_node, join.clone()).await {
+                Err(atmosphere_mesh::MeshError::Transport(
+                    atmosphere_mesh::transport::TransportError::ConnectionLost { .. },
+                )) => self.mesh.call(invite.authority_node, join).await?,
+                other => other?,
+            };
             let token = match response {
                 Response::Token { token } => Token::from_bytes(&token)?,
                 Response::Error { message, .. } => return Err(TrustError::Refused(message)),
