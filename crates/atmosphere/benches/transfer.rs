@@ -114,27 +114,15 @@ fn run_measured(args: &[&str]) -> (f64, f64, String) {
 
 /// Follows a pull's progress lines; `on_line` may act on each; samples `watch`'s memory.
 async fn pull(api: &str, body: Value, watch: u32, mut on_line: impl FnMut(&Value)) -> (Value, f64) {
-    let mut response = http()
-        .post(format!("http://{api}/v1/packages/pull"))
-        .timeout(Duration::from_secs(600))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let mut pending = Vec::new();
-    let mut last = Value::Null;
     let mut peak: f64 = 0.0;
-    while let Some(chunk) = response.chunk().await.unwrap() {
-        pending.extend_from_slice(&chunk);
+    let url = format!("http://{api}/v1/packages/pull");
+    let last = follow_lines(&url, &body, |line| {
         if let Some(m) = rss(watch) {
             peak = peak.max(m);
         }
-        while let Some(end) = pending.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = pending.drain(..=end).collect();
-            last = serde_json::from_slice(&line).unwrap();
-            on_line(&last);
-        }
-    }
+        on_line(line);
+    })
+    .await;
     (last, peak)
 }
 

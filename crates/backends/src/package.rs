@@ -112,16 +112,17 @@ pub fn ensure_space(dir: &Path, needed: u64) -> Result<(), PackageError> {
     }
 }
 
-/// Reads `path` in chunks, calling `each` with every chunk; returns the chunk hashes, the whole
-/// hash and the size.
+/// Reads `path` in chunks of `chunk_size`, calling `each` with every chunk and its BLAKE3 (hex);
+/// returns the chunk hashes, the whole hash and the size. Each byte is read and hashed once.
 fn hash_stream(
     path: &Path,
-    mut each: impl FnMut(&[u8]) -> Result<(), PackageError>,
+    chunk_size: u64,
+    mut each: impl FnMut(&[u8], &str) -> Result<(), PackageError>,
 ) -> Result<(Vec<String>, String, u64), PackageError> {
     let mut file = std::fs::File::open(path).map_err(io(path))?;
     let mut whole = blake3::Hasher::new();
     let mut chunks = Vec::new();
-    let mut buffer = vec![0u8; CHUNK as usize];
+    let mut buffer = vec![0u8; chunk_size as usize];
     let mut size = 0u64;
     loop {
         let mut filled = 0;
@@ -137,14 +138,67 @@ fn hash_stream(
         }
         let chunk = &buffer[..filled];
         whole.update(chunk);
-        chunks.push(blake3::hash(chunk).to_hex().to_string());
-        each(chunk)?;
+        let hash = blake3::hash(chunk).to_hex().to_string();
+        each(chunk, &hash)?;
+        chunks.push(hash);
         size += filled as u64;
         if filled < buffer.len() {
             break;
         }
     }
     Ok((chunks, whole.finalize().to_hex().to_string(), size))
+}
+
+/// Reads the manifest of `package` and checks its model file has the stated size.
+fn sized(package: &Path) -> Result<Manifest, PackageError> {
+    let manifest = read_manifest(package)?;
+    let model = package.join(&manifest.file);
+    let actual = std::fs::metadata(&model).map_err(io(&model))?.len();
+    if actual != manifest.size {
+        return Err(PackageError::Size {
+            file: manifest.file.clone(),
+            expected: manifest.size,
+            actual,
+        });
+    }
+    Ok(manifest)
+}
+
+/// Streams the model file of `package` once, checking every chunk against `manifest` before
+/// handing it to `each`, then the whole hash and the config; returns the config's text.
+fn stream_checked(
+    package: &Path,
+    manifest: &Manifest,
+    mut each: impl FnMut(&[u8]) -> Result<(), PackageError>,
+) -> Result<Option<Vec<u8>>, PackageError> {
+    let model = package.join(&manifest.file);
+    let mut index = 0usize;
+    let (_, whole, _) = hash_stream(&model, manifest.chunk_size, |chunk, hash| {
+        if manifest.chunks.get(index).map(String::as_str) != Some(hash) {
+            let start = index as u64 * manifest.chunk_size;
+            return Err(PackageError::Chunk {
+                file: manifest.file.clone(),
+                index,
+                start,
+                end: start + chunk.len() as u64,
+            });
+        }
+        index += 1;
+        each(chunk)
+    })?;
+    if whole != manifest.blake3 {
+        return Err(PackageError::Whole(manifest.file.clone()));
+    }
+    match &manifest.config_blake3 {
+        Some(expected) => {
+            let text = read_capped(&package.join(CONFIG), MAX_CONFIG_BYTES)?;
+            if blake3::hash(&text).to_hex().as_str() != expected {
+                return Err(PackageError::Whole(CONFIG.into()));
+            }
+            Ok(Some(text))
+        }
+        None => Ok(None),
+    }
 }
 
 /// Packs `model` (and `config`, when given) into the new directory `out`.
@@ -164,8 +218,9 @@ pub fn pack(
     std::fs::create_dir_all(&partial).map_err(io(&partial))?;
     let target = partial.join(&file_name);
     let mut copy = std::fs::File::create(&target).map_err(io(&target))?;
-    let (chunks, blake3, size) =
-        hash_stream(model, |chunk| copy.write_all(chunk).map_err(io(&target)))?;
+    let (chunks, blake3, size) = hash_stream(model, CHUNK, |chunk, _| {
+        copy.write_all(chunk).map_err(io(&target))
+    })?;
     copy.sync_all().map_err(io(&target))?;
     let config_blake3 = match config {
         Some(config) => {
@@ -452,16 +507,7 @@ pub fn copy_verified(
     to: &Path,
     mut progress: impl FnMut(u64),
 ) -> Result<Manifest, PackageError> {
-    let manifest = read_manifest(from)?;
-    let model = from.join(&manifest.file);
-    let actual = std::fs::metadata(&model).map_err(io(&model))?.len();
-    if actual != manifest.size {
-        return Err(PackageError::Size {
-            file: manifest.file.clone(),
-            expected: manifest.size,
-            actual,
-        });
-    }
+    let manifest = sized(from)?;
     ensure_space(to.parent().unwrap_or(to), manifest.size)?;
     let partial = to.with_extension("partial");
     let _ = std::fs::remove_dir_all(&partial);
@@ -469,33 +515,15 @@ pub fn copy_verified(
     let result = (|| {
         let target = partial.join(&manifest.file);
         let mut out = std::fs::File::create(&target).map_err(io(&target))?;
-        let mut index = 0usize;
         let mut copied = 0u64;
-        let (_, whole, _) = hash_stream(&model, |chunk| {
-            if !manifest.chunk_matches(index, chunk) {
-                let start = index as u64 * manifest.chunk_size;
-                return Err(PackageError::Chunk {
-                    file: manifest.file.clone(),
-                    index,
-                    start,
-                    end: start + chunk.len() as u64,
-                });
-            }
+        let config = stream_checked(from, &manifest, |chunk| {
             out.write_all(chunk).map_err(io(&target))?;
-            index += 1;
             copied += chunk.len() as u64;
             progress(copied);
             Ok(())
         })?;
-        if whole != manifest.blake3 {
-            return Err(PackageError::Whole(manifest.file.clone()));
-        }
         out.sync_all().map_err(io(&target))?;
-        if let Some(expected) = &manifest.config_blake3 {
-            let text = read_capped(&from.join(CONFIG), MAX_CONFIG_BYTES)?;
-            if blake3::hash(&text).to_hex().as_str() != expected {
-                return Err(PackageError::Whole(CONFIG.into()));
-            }
+        if let Some(text) = config {
             let path = partial.join(CONFIG);
             std::fs::write(&path, &text).map_err(io(&path))?;
         }
@@ -518,41 +546,8 @@ pub fn copy_verified(
 
 /// Checks every chunk, the whole file and the config against the manifest.
 pub fn verify(package: &Path) -> Result<Manifest, PackageError> {
-    let manifest = read_manifest(package)?;
-    let model = package.join(&manifest.file);
-    let actual = std::fs::metadata(&model).map_err(io(&model))?.len();
-    if actual != manifest.size {
-        return Err(PackageError::Size {
-            file: manifest.file.clone(),
-            expected: manifest.size,
-            actual,
-        });
-    }
-    let mut index = 0usize;
-    let (_, whole, _) = hash_stream(&model, |chunk| {
-        let expected = manifest.chunks.get(index).map(String::as_str);
-        if expected != Some(blake3::hash(chunk).to_hex().as_str()) {
-            let start = index as u64 * manifest.chunk_size;
-            return Err(PackageError::Chunk {
-                file: manifest.file.clone(),
-                index,
-                start,
-                end: start + chunk.len() as u64,
-            });
-        }
-        index += 1;
-        Ok(())
-    })?;
-    if whole != manifest.blake3 {
-        return Err(PackageError::Whole(manifest.file.clone()));
-    }
-    if let Some(expected) = &manifest.config_blake3 {
-        let path = package.join(CONFIG);
-        let text = std::fs::read(&path).map_err(io(&path))?;
-        if blake3::hash(&text).to_hex().as_str() != expected {
-            return Err(PackageError::Whole(CONFIG.into()));
-        }
-    }
+    let manifest = sized(package)?;
+    stream_checked(package, &manifest, |_| Ok(()))?;
     Ok(manifest)
 }
 

@@ -286,27 +286,23 @@ async fn with_timeout_or<T>(
 ) -> Result<T, MatterError> {
     let timer =
         embassy_time::Timer::after(embassy_time::Duration::from_millis(limit.as_millis() as u64));
+    let timeout = || MatterError::Timeout {
+        what: what.into(),
+        secs: limit.as_secs(),
+    };
     match select(pin!(work), timer).await {
         Either::First(Ok(value)) => Ok(value),
-        Either::First(Err(e)) if special(&e).is_some() => {
-            Err(special(&e).unwrap_or(MatterError::Stopped(String::new())))
-        }
-        Either::First(Err(e))
-            if matches!(e.code(), ErrorCode::TxTimeout | ErrorCode::RxTimeout) =>
-        {
-            Err(MatterError::Timeout {
-                what: what.into(),
-                secs: limit.as_secs(),
-            })
-        }
-        Either::First(Err(e)) => Err(MatterError::Stack {
-            what: what.into(),
-            detail: format!("{e}"),
-        }),
-        Either::Second(()) => Err(MatterError::Timeout {
-            what: what.into(),
-            secs: limit.as_secs(),
-        }),
+        Either::First(Err(e)) => Err(special(&e).unwrap_or_else(|| {
+            if matches!(e.code(), ErrorCode::TxTimeout | ErrorCode::RxTimeout) {
+                timeout()
+            } else {
+                MatterError::Stack {
+                    what: what.into(),
+                    detail: format!("{e}"),
+                }
+            }
+        })),
+        Either::Second(()) => Err(timeout()),
     }
 }
 
@@ -404,12 +400,7 @@ fn new_fabric<C: Crypto>(matter: &Matter<'_>, crypto: &C) -> Result<(NonZeroU8, 
             )
             .map(|f| f.fab_idx())
     })?;
-    let hex: String = icac_key
-        .access()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    Ok((fab_idx, hex))
+    Ok((fab_idx, data_encoding::HEXLOWER.encode(icac_key.access())))
 }
 
 fn find<'b>(book: &'b Book, device: &str) -> Option<&'b Device> {
@@ -473,9 +464,9 @@ impl<C: Crypto> Ctx<'_, C> {
             (book.icac_key.clone(), book.next_node_id)
         };
         let mut icac_key = CanonPkcSecretKey::new();
-        let bytes: Vec<u8> = (0..icac_hex.len() / 2)
-            .filter_map(|i| u8::from_str_radix(icac_hex.get(2 * i..2 * i + 2)?, 16).ok())
-            .collect();
+        let bytes = data_encoding::HEXLOWER_PERMISSIVE
+            .decode(icac_hex.as_bytes())
+            .unwrap_or_default();
         icac_key
             .try_load_from_slice(&bytes)
             .map_err(|_| MatterError::State {

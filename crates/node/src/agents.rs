@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use atmosphere_agents::{Action, AgentDef, Event, Trigger, step};
 use atmosphere_mesh::{Mesh, MeshError, Status};
-use atmosphere_proto::{ErrorCode, NodeId, Request, Response, RoutedBody, RoutedReply};
+use atmosphere_proto::{ErrorCode, NodeId, Response, RoutedReply};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tracing::{info, warn};
@@ -490,40 +490,23 @@ impl Agents {
     }
 }
 
-/// Announces this node's agents, learns the peers', serves routed agent work.
-pub async fn run(
-    agents: Agents,
-    mut requests: tokio::sync::mpsc::Receiver<atmosphere_mesh::transport::Incoming>,
-    cancel: tokio_util::sync::CancellationToken,
-) {
-    let mut changes = agents.inner.mesh.subscribe();
-    agents.announce().await;
-    loop {
-        tokio::select! {
-            () = cancel.cancelled() => break,
-            change = changes.recv() => match change {
-                Ok(change) if change.key == RECORD_KEY => agents.learn(change.node, &change.value),
-                Ok(_) => {}
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                    warn!("agent service lagged {n} changes");
-                }
-                Err(_) => break,
-            },
-            Some(incoming) = requests.recv() => {
-                let agents = agents.clone();
-                tokio::spawn(async move {
-                    let response = match incoming.request {
-                        Request::Routed { path, body: RoutedBody::Work { payload, .. }, .. } => {
-                            agents.serve(path, &payload).await
-                        }
-                        _ => Response::Error {
-                            code: ErrorCode::BadRequest,
-                            message: "not agent work".into(),
-                        },
-                    };
-                    let _ = incoming.reply_tx.send(response);
-                });
-            }
-        }
+impl crate::service::GossipService for Agents {
+    const NAME: &'static str = "agent";
+    const RECORD_KEY: &'static str = RECORD_KEY;
+
+    fn mesh(&self) -> &Mesh {
+        &self.inner.mesh
+    }
+
+    async fn announce(&self) {
+        Agents::announce(self).await;
+    }
+
+    fn learn(&self, node: NodeId, bytes: &[u8]) {
+        Agents::learn(self, node, bytes);
+    }
+
+    async fn serve(&self, path: Vec<NodeId>, payload: &[u8]) -> Response {
+        Agents::serve(self, path, payload).await
     }
 }

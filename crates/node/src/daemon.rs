@@ -258,12 +258,12 @@ pub async fn run(
         tools.clone(),
     );
     intents.attach_agents(agents.clone());
-    let agents_task = tokio::spawn(crate::agents::run(
+    let agents_task = tokio::spawn(crate::service::run(
         agents.clone(),
         agent_rx,
         trust_cancel.clone(),
     ));
-    let tools_task = tokio::spawn(crate::tools::run(
+    let tools_task = tokio::spawn(crate::service::run(
         tools.clone(),
         tool_rx,
         trust_cancel.clone(),
@@ -282,7 +282,7 @@ pub async fn run(
         trust.clone(),
         models.clone(),
     )?;
-    let packages_task = tokio::spawn(crate::packages::run(
+    let packages_task = tokio::spawn(crate::service::run(
         packages.clone(),
         package_rx,
         trust_cancel.clone(),

@@ -15,6 +15,7 @@ pub mod models;
 pub mod openai;
 pub mod packages;
 pub mod servers;
+pub mod service;
 pub mod store;
 pub mod tools;
 pub mod trust;

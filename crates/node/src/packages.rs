@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use atmosphere_auth::Seal;
 use atmosphere_backends::package::{self, Manifest, PackageError, Receiving};
 use atmosphere_mesh::{Mesh, Status};
-use atmosphere_proto::{ErrorCode, NodeId, Request, Response, RoutedBody, RoutedReply};
+use atmosphere_proto::{ErrorCode, NodeId, Response, RoutedReply};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -147,6 +147,10 @@ pub struct Packages {
     inner: Arc<Inner>,
 }
 
+/// A package held: what is shown, what is sent on `describe`, the parsed manifest (read once,
+/// not per chunk served).
+type HeldEntry = (Held, Description, Arc<Manifest>);
+
 #[derive(Debug)]
 struct Inner {
     mesh: Mesh,
@@ -154,7 +158,7 @@ struct Inner {
     secret: [u8; 32],
     trust: Arc<Trust>,
     models: Arc<LocalModels>,
-    held: RwLock<BTreeMap<String, (Held, Description)>>,
+    held: RwLock<BTreeMap<String, HeldEntry>>,
     remote: Mutex<HashMap<NodeId, Vec<Announced>>>,
     transfers: Mutex<HashMap<String, watch::Receiver<Progress>>>,
 }
@@ -246,7 +250,10 @@ impl Packages {
             .held
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(manifest.name.clone(), (held, description));
+            .insert(
+                manifest.name.clone(),
+                (held, description, Arc::new(manifest.clone())),
+            );
     }
 
     /// The packages held here.
@@ -256,7 +263,7 @@ impl Packages {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .values()
-            .map(|(h, _)| h.clone())
+            .map(|(h, _, _)| h.clone())
             .collect()
     }
 
@@ -805,7 +812,7 @@ impl Packages {
             Work::Describe { name } => {
                 let held = self.inner.held.read().unwrap_or_else(|e| e.into_inner());
                 match held.get(&name) {
-                    Some((_, description)) => {
+                    Some((_, description, _)) => {
                         reply(serde_json::to_vec(description).unwrap_or_default())
                     }
                     None => bad(PackagesError::Unknown(name).to_string()),
@@ -822,14 +829,12 @@ impl Packages {
                     .read()
                     .unwrap_or_else(|e| e.into_inner())
                     .get(&name)
-                    .filter(|(h, _)| h.blake3 == blake3)
-                    .map(|(h, d)| (h.dir.clone(), d.manifest.clone()));
+                    .filter(|(h, _, _)| h.blake3 == blake3)
+                    .map(|(h, _, manifest)| (h.dir.clone(), manifest.clone()));
                 let Some((dir, manifest)) = found else {
                     return bad(PackagesError::Unknown(name).to_string());
                 };
                 let read = tokio::task::spawn_blocking(move || {
-                    let manifest = Manifest::parse(manifest.as_bytes())
-                        .map_err(|reason| PackageError::NotAPackage(dir.clone(), reason))?;
                     package::read_chunk(&dir, &manifest, index)
                 })
                 .await;
@@ -1128,40 +1133,23 @@ impl Fetch {
     }
 }
 
-/// Announces this node's packages, learns the peers', serves routed package work.
-pub async fn run(
-    packages: Packages,
-    mut requests: tokio::sync::mpsc::Receiver<atmosphere_mesh::transport::Incoming>,
-    cancel: tokio_util::sync::CancellationToken,
-) {
-    let mut changes = packages.inner.mesh.subscribe();
-    packages.announce().await;
-    loop {
-        tokio::select! {
-            () = cancel.cancelled() => break,
-            change = changes.recv() => match change {
-                Ok(change) if change.key == RECORD_KEY => packages.learn(change.node, &change.value),
-                Ok(_) => {}
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                    warn!("package service lagged {n} changes");
-                }
-                Err(_) => break,
-            },
-            Some(incoming) = requests.recv() => {
-                let packages = packages.clone();
-                tokio::spawn(async move {
-                    let response = match incoming.request {
-                        Request::Routed { path, body: RoutedBody::Work { payload, .. }, .. } => {
-                            packages.serve(path, &payload).await
-                        }
-                        _ => Response::Error {
-                            code: ErrorCode::BadRequest,
-                            message: "not package work".into(),
-                        },
-                    };
-                    let _ = incoming.reply_tx.send(response);
-                });
-            }
-        }
+impl crate::service::GossipService for Packages {
+    const NAME: &'static str = "package";
+    const RECORD_KEY: &'static str = RECORD_KEY;
+
+    fn mesh(&self) -> &Mesh {
+        &self.inner.mesh
+    }
+
+    async fn announce(&self) {
+        Packages::announce(self).await;
+    }
+
+    fn learn(&self, node: NodeId, bytes: &[u8]) {
+        Packages::learn(self, node, bytes);
+    }
+
+    async fn serve(&self, path: Vec<NodeId>, payload: &[u8]) -> Response {
+        Packages::serve(self, path, payload).await
     }
 }

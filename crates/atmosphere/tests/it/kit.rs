@@ -187,6 +187,38 @@ pub async fn post_json(url: &str, body: &serde_json::Value) -> (u16, serde_json:
     (status, response.json().await.unwrap())
 }
 
+/// Posts `body` to `url` and reads the answer's newline-delimited JSON to its end (a transfer's
+/// progress); `on_line` sees every line and may act on it. Returns the last line.
+pub async fn follow_lines(
+    url: &str,
+    body: &serde_json::Value,
+    mut on_line: impl FnMut(&serde_json::Value),
+) -> serde_json::Value {
+    let mut response = http()
+        .post(url)
+        .timeout(Duration::from_secs(600))
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        response.status().is_success(),
+        "{url}: {}",
+        response.status()
+    );
+    let mut pending = Vec::new();
+    let mut last = serde_json::Value::Null;
+    while let Some(chunk) = response.chunk().await.unwrap() {
+        pending.extend_from_slice(&chunk);
+        while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=end).collect();
+            last = serde_json::from_slice(&line).unwrap();
+            on_line(&last);
+        }
+    }
+    last
+}
+
 pub async fn status(api: &str) -> Option<MeshStatus> {
     http()
         .get(format!("http://{api}/v1/mesh/status"))

@@ -10,34 +10,6 @@ use serde_json::{Value, json};
 
 use crate::kit::{self, Proc, cli, cli_fails, eventually, post_json};
 
-/// Posts a transfer request and reads its NDJSON progress to the end; `on_line` sees every
-/// update (and may act on it, e.g. kill the sender).
-async fn follow(url: &str, body: &Value, mut on_line: impl FnMut(&Value)) -> Value {
-    let mut response = kit::http()
-        .post(url)
-        .timeout(Duration::from_secs(300))
-        .json(body)
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        response.status().is_success(),
-        "{url}: {}",
-        response.status()
-    );
-    let mut pending = Vec::new();
-    let mut last = Value::Null;
-    while let Some(chunk) = response.chunk().await.unwrap() {
-        pending.extend_from_slice(&chunk);
-        while let Some(end) = pending.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = pending.drain(..=end).collect();
-            last = serde_json::from_slice(&line).unwrap();
-            on_line(&last);
-        }
-    }
-    last
-}
-
 fn json_lines_last(out: &str) -> Value {
     serde_json::from_str(out.lines().last().unwrap()).unwrap()
 }
@@ -112,7 +84,7 @@ async fn a_model_travels_by_mesh_and_by_stick_and_serves_with_the_network_cut() 
     // what it kept.
     let mut killed = false;
     let a_pid = nodes[0].child.id().unwrap();
-    let failed = follow(
+    let failed = kit::follow_lines(
         &format!("http://{c_api}/v1/packages/pull"),
         &json!({"name": "smollm2", "from": ["a"], "limit_rate": 12 << 20}),
         |p| {
@@ -320,7 +292,7 @@ async fn bad_chunks_bad_models_and_a_full_disk_install_nothing() {
         rot[chunk * (4 << 20) + 17] ^= 0x20;
     }
     std::fs::write(&rotten, rot).unwrap();
-    let pulled = follow(
+    let pulled = kit::follow_lines(
         &format!("http://{c_api}/v1/packages/pull"),
         &json!({"name": "blob", "from": ["a", "b"]}),
         |_| {},

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use atmosphere_mesh::{Mesh, MeshError, Status};
-use atmosphere_proto::{ErrorCode, NodeId, Request, Response, RoutedBody, RoutedReply};
+use atmosphere_proto::{ErrorCode, NodeId, Response, RoutedReply};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tracing::warn;
@@ -609,41 +609,24 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Announces this node's tools, learns the peers', and serves routed tool work.
-pub async fn run(
-    tools: Tools,
-    mut requests: tokio::sync::mpsc::Receiver<atmosphere_mesh::transport::Incoming>,
-    cancel: tokio_util::sync::CancellationToken,
-) {
-    let mut changes = tools.inner.mesh.subscribe();
-    tools.announce().await;
-    loop {
-        tokio::select! {
-            () = cancel.cancelled() => break,
-            change = changes.recv() => match change {
-                Ok(change) if change.key == RECORD_KEY => tools.learn(change.node, &change.value),
-                Ok(_) => {}
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                    warn!("tool service lagged {n} changes");
-                }
-                Err(_) => break,
-            },
-            Some(incoming) = requests.recv() => {
-                let tools = tools.clone();
-                tokio::spawn(async move {
-                    let response = match incoming.request {
-                        Request::Routed { path, body: RoutedBody::Work { payload, .. }, .. } => {
-                            tools.serve(path, &payload).await
-                        }
-                        _ => Response::Error {
-                            code: ErrorCode::BadRequest,
-                            message: "not tool work".into(),
-                        },
-                    };
-                    let _ = incoming.reply_tx.send(response);
-                });
-            }
-        }
+impl crate::service::GossipService for Tools {
+    const NAME: &'static str = "tool";
+    const RECORD_KEY: &'static str = RECORD_KEY;
+
+    fn mesh(&self) -> &Mesh {
+        &self.inner.mesh
+    }
+
+    async fn announce(&self) {
+        Tools::announce(self).await;
+    }
+
+    fn learn(&self, node: NodeId, bytes: &[u8]) {
+        Tools::learn(self, node, bytes);
+    }
+
+    async fn serve(&self, path: Vec<NodeId>, payload: &[u8]) -> Response {
+        Tools::serve(self, path, payload).await
     }
 }
 
