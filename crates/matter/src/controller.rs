@@ -22,6 +22,8 @@ use rs_matter::crypto::{
     default_crypto,
 };
 use rs_matter::dm::clusters::app::on_off::OnOffClient;
+use rs_matter::dm::clusters::decl::descriptor::DescriptorClient;
+use rs_matter::dm::clusters::decl::temperature_measurement::TemperatureMeasurementClient;
 use rs_matter::dm::devices::test::{DAC_PRIVKEY, TEST_DEV_ATT, TEST_DEV_COMM, TEST_DEV_DET};
 use rs_matter::error::{Error, ErrorCode};
 use rs_matter::fabric::FabricPersist;
@@ -47,7 +49,9 @@ pub enum MatterError {
         "the device at {0} refused the setup code: check the passcode or pairing code it printed"
     )]
     WrongCode(SocketAddr),
-    #[error("{what}: the device did not answer within {secs} s (is it running and reachable?)")]
+    #[error(
+        "{what}: the device did not answer (gave up after {secs} s); is it running and reachable?"
+    )]
     Timeout { what: String, secs: u64 },
     #[error("no Matter device called {0:?}; see `atmosphere matter list`")]
     UnknownDevice(String),
@@ -59,6 +63,23 @@ pub enum MatterError {
     Stopped(String),
     #[error("controller state ({key}): {detail}")]
     State { key: String, detail: String },
+    #[error("{device} is a {kind}: it cannot {action}")]
+    Unsupported {
+        device: String,
+        kind: String,
+        action: String,
+    },
+    #[error("mDNS: {0}")]
+    Mdns(String),
+    #[error(
+        "no commissionable Matter device{which} answered on {interface} within {secs} s: is it \
+         powered and in pairing mode? Or give its address (--address IP:PORT)"
+    )]
+    NotFound {
+        which: String,
+        interface: String,
+        secs: u64,
+    },
 }
 
 impl From<Error> for MatterError {
@@ -99,16 +120,101 @@ impl std::str::FromStr for Action {
     }
 }
 
+/// What a setup code says: the passcode, and (for a pairing code) the short discriminator that
+/// picks the device out by mDNS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Setup {
+    pub passcode: u32,
+    pub short_discriminator: Option<u8>,
+}
+
+impl Setup {
+    /// Reads a manual pairing code (`3497-011-2332`, dashes optional; the check digit is
+    /// verified) or a bare setup passcode (up to 8 digits).
+    pub fn parse(code: &str) -> Result<Self, MatterError> {
+        let code = code.trim();
+        if !code.is_empty() && code.len() <= 8 && code.chars().all(|c| c.is_ascii_digit()) {
+            let passcode = code
+                .parse()
+                .map_err(|_| MatterError::BadCode(format!("{code:?} is not a setup passcode")))?;
+            return Ok(Self {
+                passcode,
+                short_discriminator: None,
+            });
+        }
+        let payload = rs_matter::pairing::qr::QrPayload::parse_pairing_code(code).map_err(|e| {
+            MatterError::BadCode(format!(
+                "{code:?} is neither a Matter manual pairing code nor a setup passcode ({e})"
+            ))
+        })?;
+        Ok(Self {
+            passcode: payload.passcode(),
+            short_discriminator: Some(payload.short_discriminator()),
+        })
+    }
+}
+
+/// A device answering mDNS as commissionable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Commissionable {
+    /// Where it takes PASE.
+    pub address: SocketAddr,
+    /// Its commissionable instance name (random, 64 bits, hex).
+    pub instance: String,
+}
+
+/// Matter cluster ids the bridge understands.
+pub mod cluster {
+    pub const ON_OFF: u32 = 0x0006;
+    pub const LEVEL_CONTROL: u32 = 0x0008;
+    pub const TEMPERATURE_MEASUREMENT: u32 = 0x0402;
+    pub const OCCUPANCY_SENSING: u32 = 0x0406;
+}
+
 /// A commissioned device as the controller keeps it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Device {
     pub name: String,
+    /// The room it is in, if it was given ("garage"): requests may name the room instead.
+    #[serde(default)]
+    pub room: Option<String>,
     pub node_id: u64,
     /// Where it answered at commissioning (and is reached again).
     pub addr: SocketAddr,
+    /// The server clusters of its endpoint 1, read from its Descriptor at commissioning.
+    #[serde(default = "on_off_only")]
+    pub clusters: Vec<u32>,
     /// Its on/off state as last read or set, if known.
     #[serde(default)]
     pub on: Option<bool>,
+    /// Its temperature reading in °C, for a sensor.
+    #[serde(default)]
+    pub celsius: Option<f64>,
+}
+
+fn on_off_only() -> Vec<u32> {
+    vec![cluster::ON_OFF]
+}
+
+impl Device {
+    pub fn has(&self, cluster: u32) -> bool {
+        self.clusters.contains(&cluster)
+    }
+
+    /// What it is, from its clusters: "light", "temperature sensor", …
+    pub fn kind(&self) -> &'static str {
+        if self.has(cluster::ON_OFF) && self.has(cluster::LEVEL_CONTROL) {
+            "dimmable light"
+        } else if self.has(cluster::ON_OFF) {
+            "light"
+        } else if self.has(cluster::TEMPERATURE_MEASUREMENT) {
+            "temperature sensor"
+        } else if self.has(cluster::OCCUPANCY_SENSING) {
+            "occupancy sensor"
+        } else {
+            "device"
+        }
+    }
 }
 
 /// The controller's own records (the fabric itself lives in rs-matter's key-value store).
@@ -125,7 +231,12 @@ const CONTROLLER_NODE_ID: u64 = 112_233;
 const FIRST_DEVICE_NODE_ID: u64 = 0x1000;
 const VENDOR_ID: u16 = 0xFFF1;
 /// Each device operation's bound; commissioning takes longer (key generation, several steps).
+/// A device that stops answering is given up on by MRP after about 5 s of retransmissions.
 const OP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long `discover` and a commissioning without an address listen for mDNS answers.
+pub const DISCOVER_TIMEOUT: Duration = Duration::from_secs(5);
+/// `browse_commissionable` can exclude this many already-found devices.
+const MAX_DISCOVERED: usize = 6;
 const COMMISSION_TIMEOUT: Duration = Duration::from_secs(45);
 
 const BOOK_KEY: &str = "book";
@@ -157,10 +268,14 @@ impl Book {
 
 enum Command {
     Commission {
-        addr: SocketAddr,
-        passcode: u32,
+        setup: Setup,
+        addr: Option<SocketAddr>,
         name: String,
+        room: Option<String>,
         reply: oneshot::Sender<Result<Device, MatterError>>,
+    },
+    Discover {
+        reply: oneshot::Sender<Result<Vec<Commissionable>, MatterError>>,
     },
     Act {
         device: String,
@@ -189,15 +304,16 @@ impl std::fmt::Debug for Command {
 }
 
 impl Controller {
-    /// Starts the controller with its state in `store` (a new fabric on first use).
-    pub fn start(store: Arc<dyn StateStore>) -> Result<Self, MatterError> {
+    /// Starts the controller with its state in `store` (a new fabric on first use). `mdns` names
+    /// the interface to discover devices on (`None`: the first that can carry mDNS, if any).
+    pub fn start(store: Arc<dyn StateStore>, mdns: Option<String>) -> Result<Self, MatterError> {
         let (commands, rx) = mpsc::unbounded_channel();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         std::thread::Builder::new()
             .name("matter-controller".into())
             .stack_size(16 << 20)
             .spawn(move || {
-                let result = futures_lite::future::block_on(run(store, rx, &ready_tx));
+                let result = futures_lite::future::block_on(run(store, mdns, rx, &ready_tx));
                 if let Err(e) = result {
                     let _ = ready_tx.send(Err(e));
                 }
@@ -221,21 +337,33 @@ impl Controller {
             .map_err(|_| MatterError::Stopped("it dropped the request".into()))
     }
 
-    /// Commissions the device at `addr` (its setup passcode `passcode`) under `name`.
+    /// Commissions a device under `name` (in `room`): the one at `addr`, or (`None`) the one
+    /// whose discriminator matches `setup`'s among those answering mDNS.
     pub async fn commission(
         &self,
-        addr: SocketAddr,
-        passcode: u32,
+        setup: Setup,
+        addr: Option<SocketAddr>,
         name: &str,
+        room: Option<&str>,
     ) -> Result<Device, MatterError> {
         let name = name.trim().to_owned();
+        let room = room
+            .map(str::trim)
+            .filter(|r| !r.is_empty())
+            .map(str::to_owned);
         self.ask(|reply| Command::Commission {
+            setup,
             addr,
-            passcode,
             name,
+            room,
             reply,
         })
         .await?
+    }
+
+    /// The devices that answer mDNS as commissionable within [`DISCOVER_TIMEOUT`].
+    pub async fn discover(&self) -> Result<Vec<Commissionable>, MatterError> {
+        self.ask(|reply| Command::Discover { reply }).await?
     }
 
     /// Switches a device (by name or node id); returns it with its new state.
@@ -284,11 +412,13 @@ async fn with_timeout_or<T>(
     work: impl Future<Output = Result<T, Error>>,
     special: impl Fn(&Error) -> Option<MatterError>,
 ) -> Result<T, MatterError> {
+    let started = std::time::Instant::now();
     let timer =
         embassy_time::Timer::after(embassy_time::Duration::from_millis(limit.as_millis() as u64));
+    // The stack may give up before our limit (MRP stops retransmitting after ~5 s).
     let timeout = || MatterError::Timeout {
         what: what.into(),
-        secs: limit.as_secs(),
+        secs: started.elapsed().as_secs().max(1),
     };
     match select(pin!(work), timer).await {
         Either::First(Ok(value)) => Ok(value),
@@ -308,6 +438,7 @@ async fn with_timeout_or<T>(
 
 async fn run(
     store: Arc<dyn StateStore>,
+    mdns: Option<String>,
     mut commands: mpsc::UnboundedReceiver<Command>,
     ready: &std::sync::mpsc::Sender<Result<(), MatterError>>,
 ) -> Result<(), MatterError> {
@@ -352,6 +483,7 @@ async fn run(
             fab_idx,
             book: &book,
             store: &*store,
+            mdns: mdns.as_deref(),
         };
         while let Some(command) = commands.recv().await {
             ctx.handle(command).await;
@@ -417,18 +549,23 @@ struct Ctx<'a, C> {
     fab_idx: NonZeroU8,
     book: &'a RefCell<Book>,
     store: &'a dyn StateStore,
+    mdns: Option<&'a str>,
 }
 
 impl<C: Crypto> Ctx<'_, C> {
     async fn handle(&self, command: Command) {
         match command {
             Command::Commission {
+                setup,
                 addr,
-                passcode,
                 name,
+                room,
                 reply,
             } => {
-                let _ = reply.send(self.commission(addr, passcode, &name).await);
+                let _ = reply.send(self.commission(setup, addr, name, room).await);
+            }
+            Command::Discover { reply } => {
+                let _ = reply.send(self.discover(None).await);
             }
             Command::Act {
                 device,
@@ -445,12 +582,82 @@ impl<C: Crypto> Ctx<'_, C> {
             }
         }
     }
+    /// Browses for commissionable devices (those with `short_discriminator` only, if given),
+    /// running the mDNS responder meanwhile.
+    async fn discover(
+        &self,
+        short_discriminator: Option<u8>,
+    ) -> Result<Vec<Commissionable>, MatterError> {
+        let interface = crate::mdns::interface(self.mdns)?;
+        let filter = rs_matter::transport::network::mdns::CommissionableFilter {
+            short_discriminator,
+            commissioning_mode_only: true,
+            ..Default::default()
+        };
+        let started = std::time::Instant::now();
+        let browse = async {
+            let mut found = Vec::new();
+            let mut seen: Vec<u64> = Vec::new();
+            while seen.len() < MAX_DISCOVERED {
+                let left = DISCOVER_TIMEOUT.saturating_sub(started.elapsed());
+                if left.is_zero() {
+                    break;
+                }
+                match self
+                    .matter
+                    .transport()
+                    .browse_commissionable(&filter, &seen, left.as_millis() as u32)
+                    .await
+                {
+                    Ok((Address::Udp(address), instance)) => {
+                        seen.push(instance);
+                        found.push(Commissionable {
+                            address,
+                            instance: format!("{instance:016X}"),
+                        });
+                        // One is all a commissioning by code needs.
+                        if short_discriminator.is_some() {
+                            break;
+                        }
+                    }
+                    Ok((_, instance)) => seen.push(instance),
+                    Err(e) if e.code() == ErrorCode::NotFound => break,
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(found)
+        };
+        let responder = crate::mdns::run(self.matter, self.crypto, &interface, "atmosphere-bridge");
+        let found = match select(pin!(browse), pin!(responder)).await {
+            Either::First(found) => found?,
+            Either::Second(Err(e)) => {
+                return Err(MatterError::Mdns(format!(
+                    "on {}: {e} (is UDP port 5353 free or shared?)",
+                    interface.name
+                )));
+            }
+            Either::Second(Ok(())) => Vec::new(),
+        };
+        if found.is_empty() && short_discriminator.is_some() {
+            return Err(MatterError::NotFound {
+                which: short_discriminator
+                    .map(|d| format!(" with short discriminator {d}"))
+                    .unwrap_or_default(),
+                interface: interface.name,
+                secs: DISCOVER_TIMEOUT.as_secs(),
+            });
+        }
+        Ok(found)
+    }
+
     async fn commission(
         &self,
-        addr: SocketAddr,
-        passcode: u32,
-        name: &str,
+        setup: Setup,
+        addr: Option<SocketAddr>,
+        name: String,
+        room: Option<String>,
     ) -> Result<Device, MatterError> {
+        let name = name.as_str();
         if name.is_empty() {
             return Err(MatterError::BadCode(
                 "a device needs a name, e.g. \"garage light\"".into(),
@@ -494,17 +701,34 @@ impl<C: Crypto> Ctx<'_, C> {
             allow_test_attestation: true,
             ..CommissionOptions::default()
         };
+        let addr = match addr {
+            Some(addr) => addr,
+            None => {
+                let found = self.discover(setup.short_discriminator).await?;
+                found
+                    .first()
+                    .map(|f| f.address)
+                    .ok_or(MatterError::NotFound {
+                        which: String::new(),
+                        interface: self.mdns.unwrap_or("the default interface").into(),
+                        secs: DISCOVER_TIMEOUT.as_secs(),
+                    })?
+            }
+        };
         let target = v6(addr);
         // The device's address goes into the table first: the CASE step resolves it from there.
-        let device = Device {
+        let mut device = Device {
             name: name.to_owned(),
+            room,
             node_id,
             addr,
+            clusters: Vec::new(),
             on: None,
+            celsius: None,
         };
         let phase1 = commissioner.commission(
             Address::Udp(SocketAddr::V6(target)),
-            passcode,
+            setup.passcode,
             &options,
             node_id,
             VALID_FOREVER,
@@ -525,13 +749,43 @@ impl<C: Crypto> Ctx<'_, C> {
             commissioner.complete_via_case(&result),
         )
         .await;
-        if let Err(e) = completed {
-            self.book
-                .borrow_mut()
-                .devices
-                .retain(|d| d.node_id != node_id);
-            self.book.borrow().save(self.store)?;
-            return Err(e);
+        // What it is: the server clusters of its endpoint 1.
+        let clusters = match completed {
+            Ok(()) => {
+                let read = async {
+                    let exchange =
+                        Exchange::initiate(self.matter, self.crypto, self.fab_idx, node_id).await?;
+                    exchange
+                        .descriptor()
+                        .server_list_read_with(1, |list| -> Result<Vec<u32>, Error> {
+                            list?.iter().collect()
+                        })
+                        .await?
+                };
+                with_timeout(&format!("read what {name} is"), OP_TIMEOUT, read).await
+            }
+            Err(e) => Err(e),
+        };
+        let clusters = match clusters {
+            Ok(clusters) => clusters,
+            Err(e) => {
+                self.book
+                    .borrow_mut()
+                    .devices
+                    .retain(|d| d.node_id != node_id);
+                self.book.borrow().save(self.store)?;
+                return Err(e);
+            }
+        };
+        device.clusters = clusters;
+        if let Some(slot) = self
+            .book
+            .borrow_mut()
+            .devices
+            .iter_mut()
+            .find(|d| d.node_id == node_id)
+        {
+            *slot = device.clone();
         }
         self.book.borrow().save(self.store)?;
         // Read its state once, so `list` shows it at once.
@@ -542,6 +796,13 @@ impl<C: Crypto> Ctx<'_, C> {
         let found = find(&self.book.borrow(), device).cloned();
         let mut found = found.ok_or_else(|| MatterError::UnknownDevice(device.to_owned()))?;
         let what = |verb: &str| format!("{verb} {}", found.name);
+        if action.is_some() && !found.has(cluster::ON_OFF) {
+            return Err(MatterError::Unsupported {
+                device: found.name.clone(),
+                kind: found.kind().into(),
+                action: "switch on or off".into(),
+            });
+        }
         if let Some(action) = action {
             let command = async {
                 let exchange =
@@ -556,17 +817,33 @@ impl<C: Crypto> Ctx<'_, C> {
             };
             with_timeout(&what("switch"), OP_TIMEOUT, command).await?;
         }
-        let read = async {
-            let exchange =
-                Exchange::initiate(self.matter, self.crypto, self.fab_idx, found.node_id).await?;
-            exchange.on_off().on_off_read(1).await
-        };
-        let on = with_timeout(&what("read"), OP_TIMEOUT, read).await?;
-        found.on = Some(on);
+        if found.has(cluster::ON_OFF) {
+            let read = async {
+                let exchange =
+                    Exchange::initiate(self.matter, self.crypto, self.fab_idx, found.node_id)
+                        .await?;
+                exchange.on_off().on_off_read(1).await
+            };
+            found.on = Some(with_timeout(&what("read"), OP_TIMEOUT, read).await?);
+        }
+        if found.has(cluster::TEMPERATURE_MEASUREMENT) {
+            let read = async {
+                let exchange =
+                    Exchange::initiate(self.matter, self.crypto, self.fab_idx, found.node_id)
+                        .await?;
+                exchange
+                    .temperature_measurement()
+                    .measured_value_read(1)
+                    .await
+            };
+            let centi = with_timeout(&what("read"), OP_TIMEOUT, read).await?;
+            found.celsius = centi.into_option().map(|c| f64::from(c) / 100.0);
+        }
         {
             let mut book = self.book.borrow_mut();
             if let Some(slot) = book.devices.iter_mut().find(|d| d.node_id == found.node_id) {
-                slot.on = Some(on);
+                slot.on = found.on;
+                slot.celsius = found.celsius;
             }
         }
         let _ = self.book.borrow().save(self.store);
@@ -598,7 +875,8 @@ async fn resolve_from_book(matter: &Matter<'_>, book: &RefCell<Book>) -> Result<
                 port: Some(addr.port()),
                 addrs: core::iter::once(IpAddr::V6(*addr.ip())),
                 txt: None::<(&str, &str)>.into_iter(),
-                scope_id: 0,
+                // A link-local address (as mDNS often gives) is only reachable on its interface.
+                scope_id: addr.scope_id(),
             },
             &[],
         );

@@ -1,14 +1,17 @@
 //! Atmosphere's Matter side, on `rs-matter`: a controller that commissions devices over PASE,
-//! reaches them by CASE and switches them (`controller`), and a virtual OnOff light for the demo
-//! and the tests (`device`). rs-matter's futures are not `Send`: each runs on a thread of its own
-//! with a single-threaded executor, and the rest of the node talks to it over channels.
+//! reaches them by CASE and switches or reads them (`controller`), mDNS discovery (`mdns`), and
+//! virtual devices — a light, a temperature sensor — for the demo and the tests (`device`).
+//! rs-matter's futures are not `Send`: each runs on a thread of its own with a single-threaded
+//! executor, and the rest of the node talks to it over channels.
 
 pub mod controller;
 pub mod device;
+pub mod mdns;
 pub mod state;
 
-pub use controller::{Action, Controller, Device, MatterError};
-pub use device::{LightConfig, run_light};
+pub use controller::{Action, Commissionable, Controller, Device, MatterError, Setup};
+pub use device::{Change, DeviceConfig, DeviceKind, run_device};
+pub use mdns::Interface;
 pub use state::{MemoryStore, StateStore};
 
 /// The setup passcode of the virtual devices unless one is given (the value chip-tool's tests use).
@@ -21,16 +24,4 @@ pub fn pairing_code(passcode: u32, discriminator: u16) -> String {
     device::comm_data(passcode, discriminator)
         .compute_pretty_pairing_code()
         .to_string()
-}
-
-/// Reads a manual pairing code (`3497-011-2332`, dashes optional) into its passcode; the check
-/// digit is verified.
-pub fn passcode_from_pairing_code(code: &str) -> Result<u32, MatterError> {
-    let payload =
-        rs_matter::pairing::qr::QrPayload::parse_pairing_code(code.trim()).map_err(|e| {
-            MatterError::BadCode(format!(
-                "{code:?} is not a Matter manual pairing code ({e})"
-            ))
-        })?;
-    Ok(payload.passcode())
 }

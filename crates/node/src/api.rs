@@ -256,6 +256,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/intent", post(intent))
         .route("/v1/matter/devices", get(matter_devices))
         .route("/v1/matter/commission", post(matter_commission))
+        .route("/v1/matter/discover", get(matter_discover))
         .route("/v1/matter/devices/{name}/{action}", post(matter_act))
         .route("/v1/packages", get(packages_list))
         .route("/v1/packages/seal", post(packages_seal))
@@ -961,7 +962,10 @@ impl From<atmosphere_matter::MatterError> for ApiError {
     fn from(error: atmosphere_matter::MatterError) -> Self {
         use atmosphere_matter::MatterError as E;
         let (status, kind) = match &error {
-            E::BadCode(_) | E::Duplicate(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            E::BadCode(_) | E::Duplicate(_) | E::Unsupported { .. } => {
+                (StatusCode::BAD_REQUEST, "bad_request")
+            }
+            E::NotFound { .. } => (StatusCode::NOT_FOUND, "no_device_found"),
             E::WrongCode(_) => (StatusCode::FORBIDDEN, "wrong_code"),
             E::UnknownDevice(_) => (StatusCode::NOT_FOUND, "unknown_device"),
             E::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "device_timeout"),
@@ -980,10 +984,23 @@ impl From<atmosphere_matter::MatterError> for ApiError {
 pub struct CommissionRequest {
     /// The manual pairing code the device shows (`3497-011-2332`), or its bare setup passcode.
     pub code: String,
-    /// Where the device answers (`IP:PORT`; Matter's port is 5540).
-    pub address: std::net::SocketAddr,
+    /// Where the device answers (`IP:PORT`; Matter's port is 5540); without it the bridge finds
+    /// the device by mDNS from the pairing code's discriminator.
+    #[serde(default)]
+    pub address: Option<std::net::SocketAddr>,
     /// What people call it ("garage light").
     pub name: String,
+    /// The room it is in ("garage"); requests may name it instead of the device.
+    #[serde(default)]
+    pub room: Option<String>,
+}
+
+/// `GET /v1/matter/discover`: the devices answering mDNS as commissionable, seen from this
+/// node's bridge.
+async fn matter_discover(
+    State(state): State<ApiState>,
+) -> Result<Json<Vec<atmosphere_matter::Commissionable>>, ApiError> {
+    Ok(Json(matter(&state)?.discover().await?))
 }
 
 /// `GET /v1/matter/devices`: every device in the mesh, each with the node that bridges it; this
@@ -1009,15 +1026,14 @@ async fn matter_commission(
     Json(request): Json<CommissionRequest>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let controller = matter(&state)?;
-    let code = request.code.trim();
-    let passcode = if code.len() <= 8 && code.chars().all(|c| c.is_ascii_digit()) {
-        code.parse()
-            .map_err(|_| crate::openai::bad_request("the setup passcode is 1 to 8 digits"))?
-    } else {
-        atmosphere_matter::passcode_from_pairing_code(code)?
-    };
+    let setup = atmosphere_matter::Setup::parse(&request.code)?;
     let device = controller
-        .commission(request.address, passcode, &request.name)
+        .commission(
+            setup,
+            request.address,
+            &request.name,
+            request.room.as_deref(),
+        )
         .await?;
     Ok(Json(crate::tools::device_json(&device)))
 }

@@ -236,7 +236,9 @@ pub async fn run(
     local_tools.extend(external);
     let matter = if config.matter.controller {
         let state = Arc::new(crate::store::MatterState(store.clone()));
-        let controller = atmosphere_matter::Controller::start(state).map_err(NodeError::Matter)?;
+        let controller =
+            atmosphere_matter::Controller::start(state, config.matter.mdns_interface.clone())
+                .map_err(NodeError::Matter)?;
         info!("Matter controller running");
         Some(Arc::new(controller))
     } else {
@@ -269,6 +271,7 @@ pub async fn run(
         trust_cancel.clone(),
     ));
     let matter_view = crate::bridge::MatterView::default();
+    intents.attach_matter(matter_view.clone());
     let bridge_task = tokio::spawn(crate::bridge::run(
         matter_view.clone(),
         mesh.clone(),

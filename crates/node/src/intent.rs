@@ -190,6 +190,7 @@ struct Inner {
     tools: std::sync::OnceLock<crate::tools::Tools>,
     /// The agent service: agents' intents are router classes `agent:NAME`.
     agents: std::sync::OnceLock<crate::agents::Agents>,
+    matter: std::sync::OnceLock<crate::bridge::MatterView>,
     /// Embedded descriptors of the mesh's agents, by (name, version, node).
     agent_descriptors: std::sync::Mutex<AgentCatalog>,
     /// Embeddings of recent intents.
@@ -233,12 +234,19 @@ impl Intents {
                 router: tokio::sync::RwLock::new(None),
                 tools: std::sync::OnceLock::new(),
                 agents: std::sync::OnceLock::new(),
+                matter: std::sync::OnceLock::new(),
                 agent_descriptors: std::sync::Mutex::new(BTreeMap::new()),
                 embed_cache: std::sync::Mutex::new(EmbedCache::default()),
                 agents_seen: AtomicU64::new(u64::MAX),
                 refreshing: tokio::sync::Mutex::new(()),
             }),
         }
+    }
+
+    /// Lets routing see the Matter devices of every bridge, to send a device's command to the
+    /// bridge that has it.
+    pub fn attach_matter(&self, view: crate::bridge::MatterView) {
+        let _ = self.inner.matter.set(view);
     }
 
     /// Lets intents use the node's tools (`notify:send` for notifications).
@@ -535,12 +543,37 @@ impl Intents {
             capability = GENERAL.to_owned();
             candidates = self::candidates(&status, &routes, GENERAL);
         }
+        let mut bridging = None;
+        if capability == MATTER
+            && let Some(view) = self.inner.matter.get()
+        {
+            // The bridge that has the device the request names goes first.
+            let devices = view.devices(&self.inner.mesh, false).await;
+            let named: Vec<crate::tools::Named> = devices
+                .iter()
+                .filter_map(crate::tools::Named::from_json)
+                .collect();
+            if let Some(name) = crate::tools::device_in(text, &named)
+                && let Some(bridge) = devices
+                    .iter()
+                    .find(|d| d["name"] == name)
+                    .and_then(|d| d["bridge"].as_str())
+                && candidates.iter().any(|c| c.node == bridge)
+            {
+                reason = format!("{reason}; {bridge} bridges {name:?}");
+                bridging = Some(bridge.to_owned());
+            }
+        }
         let complexity = (capability == GENERAL).then(|| {
             router
                 .complexity
                 .of(&vector, text.split_whitespace().count())
         });
-        let ranked = rank(&candidates, complexity);
+        let mut ranked = rank(&candidates, complexity);
+        if let Some(at) = bridging.and_then(|b| ranked.iter().position(|r| r.candidate.node == b)) {
+            let chosen = ranked.remove(at);
+            ranked.insert(0, chosen);
+        }
         Ok(RouteDecision {
             text: text.to_owned(),
             capability,
@@ -792,7 +825,7 @@ impl Intents {
                 Ok(reply(format!("Notification sent: {detail}"), None, None))
             }
             "routing" => Ok(reply(self.routing_report().await?, None, None)),
-            "matter" => Ok(reply(self.matter_command(&request.text).await?, None, None)),
+            MATTER => Ok(reply(self.matter_command(&request.text).await?, None, None)),
             other if other.starts_with(AGENT_PREFIX) => {
                 let name = &other[AGENT_PREFIX.len()..];
                 let agents = self
@@ -832,15 +865,16 @@ impl Intents {
             .run_local("matter:list_devices", serde_json::json!({}))
             .await
             .map_err(|e| e.to_string())?;
-        let names: Vec<String> = listed["devices"]
+        let named: Vec<crate::tools::Named> = listed["devices"]
             .as_array()
             .map(|list| {
                 list.iter()
-                    .filter_map(|d| d["name"].as_str().map(str::to_owned))
+                    .filter_map(crate::tools::Named::from_json)
                     .collect()
             })
             .unwrap_or_default();
-        let device = crate::tools::device_in(text, &names).ok_or_else(|| {
+        let device = crate::tools::device_in(text, &named).ok_or_else(|| {
+            let names: Vec<&str> = named.iter().map(|n| n.name.as_str()).collect();
             format!(
                 "{} controls {names:?}; which one did you mean?",
                 self.inner.node_name
@@ -860,6 +894,12 @@ impl Intents {
             )
             .await
             .map_err(|e| e.to_string())?;
+        if let Some(celsius) = output["state"]["celsius"].as_f64() {
+            return Ok(format!(
+                "{device} reads {celsius:.1} °C (Matter, via {})",
+                self.inner.node_name
+            ));
+        }
         let state = match output["state"]["on"].as_bool() {
             Some(true) => "ON",
             Some(false) => "OFF",
@@ -1066,6 +1106,8 @@ const AGENT_PREFIX: &str = "agent:";
 
 /// Capabilities every node's intent service provides, without advertising them (notifications
 /// through its `notify:send` tool).
+/// The capability of Matter bridges.
+const MATTER: &str = "matter";
 const BUILT_IN: [&str; 3] = ["system", "routing", "notification"];
 
 /// Providers of `capability` from the gradient table, one per node; language models carry the

@@ -11,30 +11,76 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::kit::{self, BIN, cli, cli_fails, post_json};
 
-/// Starts `atmosphere matter virtual-device`; returns the child, its ready line and a receiver of
-/// its on/off events.
-async fn virtual_light(
+/// A running `atmosphere matter virtual-device`.
+struct Virtual {
+    child: tokio::process::Child,
+    ready: Value,
+    /// Its on/off events.
+    changes: tokio::sync::mpsc::UnboundedReceiver<bool>,
+    /// Lines to it: changes made at the device (`on`, `off`, `celsius 23.5`).
+    stdin: tokio::process::ChildStdin,
+}
+
+impl Virtual {
+    async fn say(&mut self, line: &str) {
+        use tokio::io::AsyncWriteExt;
+        self.stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .unwrap();
+        self.stdin.flush().await.unwrap();
+    }
+
+    async fn next_change(&mut self) -> bool {
+        tokio::time::timeout(Duration::from_secs(10), self.changes.recv())
+            .await
+            .expect("the light reported no change")
+            .expect("the light exited")
+    }
+}
+
+/// Starts a virtual light (port 0: a free one) without mDNS, or with `wrapper` in front (e.g.
+/// `nsenter` into a network namespace) and the extra arguments.
+async fn virtual_light(state_dir: &std::path::Path, port: u16) -> Virtual {
+    virtual_device_with(state_dir, port, None, &["--mdns", "off"]).await
+}
+
+async fn virtual_device_with(
     state_dir: &std::path::Path,
-) -> (
-    tokio::process::Child,
-    Value,
-    tokio::sync::mpsc::UnboundedReceiver<bool>,
-) {
-    let port = std::net::UdpSocket::bind("[::]:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut child = tokio::process::Command::new(BIN)
+    port: u16,
+    wrapper: Option<&[String]>,
+    extra: &[&str],
+) -> Virtual {
+    let port = if port == 0 {
+        std::net::UdpSocket::bind("[::]:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    } else {
+        port
+    };
+    let mut command = match wrapper {
+        Some(wrapper) => {
+            let mut command = tokio::process::Command::new(&wrapper[0]);
+            command.args(&wrapper[1..]).arg(BIN);
+            command
+        }
+        None => tokio::process::Command::new(BIN),
+    };
+    let mut child = command
         .args(["matter", "virtual-device", "--kind", "light", "--port"])
         .arg(port.to_string())
         .arg("--state-dir")
         .arg(state_dir)
+        .args(extra)
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
+    let stdin = child.stdin.take().unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let ready = tokio::time::timeout(Duration::from_secs(30), async {
         loop {
@@ -48,7 +94,7 @@ async fn virtual_light(
     })
     .await
     .expect("the light was not ready within 30 s");
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let (tx, changes) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Ok(Some(line)) = lines.next_line().await {
             if let Ok(value) = serde_json::from_str::<Value>(&line)
@@ -58,15 +104,20 @@ async fn virtual_light(
             }
         }
     });
-    (child, ready, rx)
+    Virtual {
+        child,
+        ready,
+        changes,
+        stdin,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_intent_on_one_node_switches_the_light_another_node_bridges() {
     let dir = tempfile::tempdir().unwrap();
-    let (_light, ready, mut changes) = virtual_light(&dir.path().join("light")).await;
-    let port = ready["port"].as_u64().unwrap();
-    let code = ready["pairing_code"].as_str().unwrap().to_owned();
+    let mut light = virtual_light(&dir.path().join("light"), 0).await;
+    let port = light.ready["port"].as_u64().unwrap() as u16;
+    let code = light.ready["pairing_code"].as_str().unwrap().to_owned();
 
     let mesh = kit::unique_mesh("matter");
     let a = kit::start(
@@ -102,13 +153,21 @@ async fn an_intent_on_one_node_switches_the_light_another_node_bridges() {
         "--address",
         &address,
         "--name",
-        "garage light",
+        "ceiling lamp",
+        "--room",
+        "garage",
     ]);
     let commissioned: Value = serde_json::from_str(&out).unwrap();
     eprintln!("commissioning took {:?}", started.elapsed());
     assert_eq!(commissioned["state"]["on"], false, "{commissioned}");
+    assert_eq!(
+        (&commissioned["kind"], &commissioned["room"]),
+        (&json!("light"), &json!("garage")),
+        "{commissioned}"
+    );
 
-    // Said to A, done by C's bridge; the light itself reports ON.
+    // Said to A, done by C's bridge (the request names the room and the kind); the light
+    // itself reports ON.
     let started = std::time::Instant::now();
     let (status, outcome) = post_json(
         &format!("http://{}/v1/intent", apis[0]),
@@ -123,14 +182,10 @@ async fn an_intent_on_one_node_switches_the_light_another_node_bridges() {
         outcome["result"]["text"]
             .as_str()
             .unwrap()
-            .contains("garage light is now ON"),
+            .contains("ceiling lamp is now ON"),
         "{outcome}"
     );
-    let on = tokio::time::timeout(Duration::from_secs(10), changes.recv())
-        .await
-        .expect("the light reported no change")
-        .unwrap();
-    assert!(on, "the device reports ON");
+    assert!(light.next_change().await, "the device reports ON");
 
     // The state, from A, through C's tool.
     let (status, listed) = post_json(
@@ -149,7 +204,7 @@ async fn an_intent_on_one_node_switches_the_light_another_node_bridges() {
     let started = std::time::Instant::now();
     let (_, outcome) = post_json(
         &format!("http://{}/v1/intent", apis[0]),
-        &json!({"text": "switch the garage light off"}),
+        &json!({"text": "switch the ceiling lamp off"}),
     )
     .await;
     eprintln!("second intent took {:?}", started.elapsed());
@@ -160,13 +215,16 @@ async fn an_intent_on_one_node_switches_the_light_another_node_bridges() {
             .contains("is now OFF"),
         "{outcome}"
     );
-    assert_eq!(changes.recv().await, Some(false));
+    assert!(!light.next_change().await);
     // By name on C.
-    let out = cli(&["--api", &apis[2], "matter", "set", "garage light", "toggle"]);
-    assert!(out.contains("garage light is ON"), "{out}");
-    assert_eq!(changes.recv().await, Some(true));
+    let out = cli(&["--api", &apis[2], "matter", "set", "ceiling lamp", "toggle"]);
+    assert!(out.contains("ceiling lamp is ON"), "{out}");
+    assert!(light.next_change().await);
     let out = cli(&["--api", &apis[2], "matter", "list"]);
-    assert!(out.contains("garage light") && out.contains("ON"), "{out}");
+    assert!(
+        out.contains("ceiling lamp") && out.contains("garage") && out.contains("ON"),
+        "{out}"
+    );
 
     // Bad input.
     let err = cli_fails(&["--api", &apis[2], "matter", "set", "porch light", "on"]);
@@ -174,10 +232,10 @@ async fn an_intent_on_one_node_switches_the_light_another_node_bridges() {
         err.contains("no Matter device called \"porch light\""),
         "{err}"
     );
-    let err = cli_fails(&["--api", &apis[2], "matter", "set", "garage light", "dim"]);
+    let err = cli_fails(&["--api", &apis[2], "matter", "set", "ceiling lamp", "dim"]);
     assert!(err.contains("unknown action"), "{err}");
-    let (_other, other_ready, _) = virtual_light(&dir.path().join("other")).await;
-    let other = format!("127.0.0.1:{}", other_ready["port"]);
+    let other = virtual_light(&dir.path().join("other"), 0).await;
+    let other = format!("127.0.0.1:{}", other.ready["port"]);
     let err = cli_fails(&[
         "--api",
         &apis[2],
@@ -190,7 +248,7 @@ async fn an_intent_on_one_node_switches_the_light_another_node_bridges() {
         "porch light",
     ]);
     assert!(err.contains("refused the setup code"), "{err}");
-    let err = cli_fails(&["--api", &apis[0], "matter", "set", "garage light", "on"]);
+    let err = cli_fails(&["--api", &apis[0], "matter", "set", "ceiling lamp", "on"]);
     assert!(err.contains("runs no Matter controller"), "{err}");
 
     // Every node lists the light, its bridge and its state, from gossip.
@@ -210,17 +268,60 @@ async fn an_intent_on_one_node_switches_the_light_another_node_bridges() {
     .await;
     let out = cli(&["--api", &apis[1], "matter", "list"]);
     assert!(
-        out.contains("garage light") && out.contains("via c"),
+        out.contains("ceiling lamp") && out.contains("via c"),
         "{out}"
     );
+
+    // Someone flips the wall switch: the change shows on A without anyone asking the mesh.
+    light.say("off").await;
+    assert!(!light.next_change().await);
+    kit::eventually(
+        Duration::from_secs(20),
+        "A sees the light turned OFF at the switch",
+        || {
+            let a_api = a_api.clone();
+            async move {
+                let devices = kit::get_json(&format!("http://{a_api}/v1/matter/devices")).await?;
+                let light = devices.as_array()?.first()?.clone();
+                (light["state"]["on"] == false).then_some(())
+            }
+        },
+    )
+    .await;
+
+    // The light vanishes under a command: a clear error, soon, and nothing stuck — the bridge
+    // still lists, and switches the light once it is back.
+    let c_api = apis[2].clone();
+    let command = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(BIN)
+            .args(["--api", &c_api, "matter", "set", "ceiling lamp", "on"])
+            .output()
+            .unwrap()
+    });
+    light.child.kill().await.unwrap();
+    let _ = command.await.unwrap();
+    let started = std::time::Instant::now();
+    let err = cli_fails(&["--api", &apis[2], "matter", "set", "ceiling lamp", "on"]);
+    eprintln!(
+        "a vanished light failed the command in {:?}",
+        started.elapsed()
+    );
+    assert!(err.contains("did not answer"), "{err}");
+    let out = cli(&["--api", &apis[2], "matter", "list"]);
+    assert!(out.contains("ceiling lamp"), "{out}");
+    let mut light = virtual_light(&dir.path().join("light"), port).await;
+    assert_eq!(light.ready["commissioned"], true, "{}", light.ready);
+    let out = cli(&["--api", &apis[2], "matter", "set", "ceiling lamp", "on"]);
+    assert!(out.contains("ceiling lamp is ON"), "{out}");
+    assert!(light.next_change().await);
 
     // C restarts: its fabric and devices come back from its database; the light is reached by
     // CASE again without commissioning.
     let mut c = c;
     c.restart().await;
-    let out = cli(&["--api", &c.api(), "matter", "set", "garage light", "off"]);
-    assert!(out.contains("garage light is OFF"), "{out}");
-    assert_eq!(changes.recv().await, Some(false));
+    let out = cli(&["--api", &c.api(), "matter", "set", "ceiling lamp", "off"]);
+    assert!(out.contains("ceiling lamp is OFF"), "{out}");
+    assert!(!light.next_change().await);
     let _ = b;
 }
 
@@ -314,4 +415,194 @@ async fn a_light_built_with_matter_js_is_commissioned_and_switched_by_the_bridge
     let out = cli(&["--api", &api, "matter", "set", "js light", "off"]);
     assert!(out.contains("js light is OFF"), "{out}");
     assert_eq!(changes.recv().await, Some(false));
+}
+
+/// A network namespace held open by a `sleep` for as long as the value lives.
+struct Netns {
+    holder: tokio::process::Child,
+}
+
+impl Netns {
+    /// Returns once the holder is inside its new namespace (it says so on stdout).
+    async fn new() -> Self {
+        let mut holder = tokio::process::Command::new("unshare")
+            .args(["--net", "sh", "-c", "echo inside && exec sleep 3600"])
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("unshare (util-linux) is needed to make a network namespace");
+        let mut lines = BufReader::new(holder.stdout.take().unwrap()).lines();
+        let said = tokio::time::timeout(Duration::from_secs(10), lines.next_line()).await;
+        assert!(
+            matches!(&said, Ok(Ok(Some(line))) if line == "inside"),
+            "unshare --net did not make a network namespace (needs root or CAP_SYS_ADMIN): {said:?}"
+        );
+        Self { holder }
+    }
+
+    fn pid(&self) -> u32 {
+        self.holder.id().unwrap()
+    }
+
+    /// `nsenter` into this namespace, to put in front of a command.
+    fn enter(&self) -> Vec<String> {
+        ["nsenter", "-t", &self.pid().to_string(), "-n"]
+            .map(String::from)
+            .to_vec()
+    }
+
+    /// Runs a shell script inside; the test fails with its output if the script does.
+    fn sh(&self, script: &str) {
+        let output = std::process::Command::new("nsenter")
+            .args(["-t", &self.pid().to_string(), "-n", "sh", "-ec", script])
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "this test makes two network namespaces joined by a veth pair (it needs root or \
+             CAP_NET_ADMIN); `{script}` failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
+/// The CLI inside a namespace.
+fn cli_in(ns: &Netns, args: &[&str]) -> std::process::Output {
+    std::process::Command::new("nsenter")
+        .args(["-t", &ns.pid().to_string(), "-n", BIN])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bridge_discovers_a_light_by_mdns_and_commissions_it_from_its_code_alone() {
+    // Two namespaces — the light's and the bridge's — joined by a veth pair: multicast works
+    // there as on a home LAN, and nothing leaves the test.
+    let dir = tempfile::tempdir().unwrap();
+    let (home, bridge_ns) = (Netns::new().await, Netns::new().await);
+    let status = std::process::Command::new("ip")
+        .args(["link", "add", "mdv0", "netns", &home.pid().to_string()])
+        .args(["type", "veth", "peer", "name", "mdv1", "netns"])
+        .arg(bridge_ns.pid().to_string())
+        .output()
+        .unwrap();
+    assert!(
+        status.status.success(),
+        "cannot make a veth pair between the test's namespaces (needs root or CAP_NET_ADMIN): {}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    for (ns, link, v4, v6) in [
+        (&home, "mdv0", "10.77.0.1/24", "fd77::1/64"),
+        (&bridge_ns, "mdv1", "10.77.0.2/24", "fd77::2/64"),
+    ] {
+        ns.sh(&format!(
+            "sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0 \
+             net.ipv6.conf.{link}.accept_dad=0
+             ip link set lo up
+             ip addr add {v4} dev {link}
+             ip addr add {v6} dev {link} nodad
+             ip link set {link} up"
+        ));
+    }
+
+    // The kernel reports a link's operational state a moment after it comes up; the devices
+    // pick interfaces that are operational.
+    for (ns, link) in [(&home, "mdv0"), (&bridge_ns, "mdv1")] {
+        ns.sh(&format!(
+            "for i in $(seq 100); do ip -o link show {link} | grep -q 'state UP' && exit 0; \
+             sleep 0.1; done; echo '{link} never came up' >&2; exit 1"
+        ));
+    }
+    let enter = home.enter();
+    let mut light = virtual_device_with(
+        &dir.path().join("light"),
+        5540,
+        Some(&enter),
+        &["--mdns", "mdv0"],
+    )
+    .await;
+    assert_eq!(light.ready["mdns"], "mdv0", "{}", light.ready);
+    let code = light.ready["pairing_code"].as_str().unwrap().to_owned();
+
+    let mut args = kit::loopback_args(&kit::unique_mesh("mdns"), "off", &[], &[]);
+    args.push("--matter".into());
+    let bridge = kit::start_with(
+        "bridge",
+        &dir.path().join("bridge"),
+        &args,
+        Some(&bridge_ns.enter()),
+    )
+    .await;
+    let api = bridge.api();
+
+    // Discovery: the light answers `_matterc._udp` from the other namespace.
+    let out = cli_in(&bridge_ns, &["--api", &api, "--json", "matter", "discover"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let found: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(found.len(), 1, "{found:?}");
+    let address = found[0]["address"].as_str().unwrap();
+    assert!(
+        address.contains("10.77.0.1") || address.contains("fd77::1") || address.contains("fe80"),
+        "{address}"
+    );
+
+    // Commissioning with the code alone: the bridge finds the device by its discriminator.
+    let started = std::time::Instant::now();
+    let out = cli_in(
+        &bridge_ns,
+        &[
+            "--api",
+            &api,
+            "--json",
+            "matter",
+            "commission",
+            &code,
+            "--name",
+            "hall lamp",
+            "--room",
+            "hall",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("discover + commission took {:?}", started.elapsed());
+    let device: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(device["state"]["on"], false, "{device}");
+    let out = cli_in(
+        &bridge_ns,
+        &["--api", &api, "matter", "set", "hall lamp", "on"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(light.next_change().await, "the light itself reports ON");
+
+    // A code no device here has: a clear error after the discovery window.
+    let other = atmosphere_matter::pairing_code(20_202_021, 1000);
+    let out = cli_in(
+        &bridge_ns,
+        &[
+            "--api",
+            &api,
+            "matter",
+            "commission",
+            &other,
+            "--name",
+            "ghost",
+        ],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no commissionable Matter device"), "{err}");
+    assert!(err.contains("mdv1"), "{err}");
 }

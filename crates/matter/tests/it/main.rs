@@ -1,6 +1,7 @@
-//! The controller against the project's rs-matter light, as real UDP peers on loopback:
-//! commissioning with the setup code, switching, reading back, a wrong code, an unknown device,
-//! and a controller restart that reaches the device again by CASE without re-commissioning.
+//! The controller against the project's rs-matter devices, as real UDP peers on loopback:
+//! commissioning with the setup code, switching, reading back, a change made at the device itself,
+//! a temperature sensor in a room, a wrong code, an unknown device, an action the device cannot
+//! do, and a controller restart that reaches the device again by CASE without re-commissioning.
 
 use std::net::SocketAddr;
 use std::sync::mpsc;
@@ -9,7 +10,8 @@ use std::time::Duration;
 use std::sync::Arc;
 
 use atmosphere_matter::{
-    Action, Controller, LightConfig, MatterError, MemoryStore, StateStore, run_light,
+    Action, Change, Controller, DeviceConfig, DeviceKind, MatterError, MemoryStore, Setup,
+    StateStore, run_device,
 };
 
 fn free_udp_port() -> u16 {
@@ -20,104 +22,178 @@ fn free_udp_port() -> u16 {
         .port()
 }
 
-/// Starts a virtual light on its own thread; returns its address, pairing code and a receiver
-/// of its on/off changes.
-fn light(dir: &std::path::Path, passcode: u32) -> (SocketAddr, String, mpsc::Receiver<bool>) {
+/// A virtual device running on its own thread.
+struct Virtual {
+    addr: SocketAddr,
+    code: String,
+    changes: mpsc::Receiver<Change>,
+    /// Changes made at the device itself.
+    local: tokio::sync::mpsc::UnboundedSender<Change>,
+}
+
+fn device(dir: &std::path::Path, kind: DeviceKind, passcode: u32) -> Virtual {
     let port = free_udp_port();
-    let config = LightConfig {
+    let config = DeviceConfig {
+        kind,
         port,
         passcode,
         discriminator: 3840,
         state_dir: dir.to_owned(),
+        mdns: None,
+        celsius: 21.0,
     };
     let (changes_tx, changes) = mpsc::channel();
     let (ready_tx, ready) = mpsc::channel();
+    let (local, local_rx) = tokio::sync::mpsc::unbounded_channel();
     std::thread::Builder::new()
         .stack_size(16 << 20)
         .spawn(move || {
-            let result = run_light(
+            let result = run_device(
                 &config,
-                move |on| {
-                    let _ = changes_tx.send(on);
+                move |change| {
+                    let _ = changes_tx.send(change);
                 },
                 move |code| {
                     let _ = ready_tx.send(code.to_owned());
                 },
+                local_rx,
             );
-            panic!("the light stopped: {result:?}");
+            panic!("the device stopped: {result:?}");
         })
         .unwrap();
     let code = ready.recv_timeout(Duration::from_secs(30)).unwrap();
-    (format!("127.0.0.1:{port}").parse().unwrap(), code, changes)
+    Virtual {
+        addr: format!("127.0.0.1:{port}").parse().unwrap(),
+        code,
+        changes,
+        local,
+    }
 }
 
-fn next_change(changes: &mpsc::Receiver<bool>) -> bool {
+fn next_change(changes: &mpsc::Receiver<Change>) -> Change {
     changes
         .recv_timeout(Duration::from_secs(10))
-        .expect("the light saw no change")
+        .expect("the device saw no change")
+}
+
+fn setup(passcode: u32) -> Setup {
+    Setup::parse(&passcode.to_string()).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_controller_commissions_switches_and_after_a_restart_still_reaches_the_light() {
     let dir = tempfile::tempdir().unwrap();
     let passcode = 20_202_021;
-    let (addr, code, changes) = light(&dir.path().join("light"), passcode);
+    let light = device(&dir.path().join("light"), DeviceKind::Light, passcode);
+    let (addr, changes) = (light.addr, &light.changes);
+    let parsed = Setup::parse(&light.code).unwrap();
     assert_eq!(
-        atmosphere_matter::passcode_from_pairing_code(&code).unwrap(),
-        passcode,
-        "{code}"
+        (parsed.passcode, parsed.short_discriminator),
+        (passcode, Some(15)),
+        "{}",
+        light.code
     );
 
     let store: Arc<dyn StateStore> = Arc::new(MemoryStore::default());
-    let controller = Controller::start(store.clone()).unwrap();
-    let device = controller
-        .commission(addr, passcode, "garage light")
+    let controller = Controller::start(store.clone(), None).unwrap();
+    let commissioned = controller
+        .commission(setup(passcode), Some(addr), "garage light", None)
         .await
         .unwrap();
     assert_eq!(
-        (device.name.as_str(), device.on),
+        (commissioned.name.as_str(), commissioned.on),
         ("garage light", Some(false))
     );
+    assert_eq!(commissioned.kind(), "light", "{:?}", commissioned.clusters);
 
     let on = controller.act("garage light", Action::On).await.unwrap();
     assert_eq!(on.on, Some(true));
-    assert!(next_change(&changes), "the device itself reports ON");
+    assert_eq!(
+        next_change(changes),
+        Change::On(true),
+        "the device itself reports ON"
+    );
     let off = controller.act("Garage Light", Action::Off).await.unwrap();
     assert_eq!(off.on, Some(false));
-    assert!(!next_change(&changes));
+    assert_eq!(next_change(changes), Change::On(false));
     let toggled = controller
-        .act(&device.node_id.to_string(), Action::Toggle)
+        .act(&commissioned.node_id.to_string(), Action::Toggle)
         .await
         .unwrap();
     assert_eq!(toggled.on, Some(true));
-    assert!(next_change(&changes));
+    assert_eq!(next_change(changes), Change::On(true));
+
+    // Someone at the wall switch: the next read sees it.
+    light.local.send(Change::On(false)).unwrap();
+    assert_eq!(next_change(changes), Change::On(false));
+    let read = controller.read("garage light").await.unwrap();
+    assert_eq!(read.on, Some(false));
+    controller.act("garage light", Action::On).await.unwrap();
+    assert_eq!(next_change(changes), Change::On(true));
 
     assert!(matches!(
         controller.act("porch light", Action::On).await,
         Err(MatterError::UnknownDevice(_))
     ));
     assert!(matches!(
-        controller.commission(addr, passcode, "garage light").await,
+        controller
+            .commission(setup(passcode), Some(addr), "garage light", None)
+            .await,
         Err(MatterError::Duplicate(_))
     ));
 
     // A second light, a wrong code: refused, nothing recorded.
-    let (other, _, _) = light(&dir.path().join("other"), 12_345_678);
+    let other = device(&dir.path().join("other"), DeviceKind::Light, 12_345_678);
     let err = controller
-        .commission(other, 11_111_111, "porch light")
+        .commission(setup(11_111_111), Some(other.addr), "porch light", None)
         .await
         .unwrap_err();
     assert!(matches!(err, MatterError::WrongCode(_)), "{err}");
     assert_eq!(controller.devices().await.unwrap().len(), 1);
 
+    // A temperature sensor in the kitchen: read, warmed at the device, read again; it cannot
+    // be switched.
+    let sensor = device(
+        &dir.path().join("sensor"),
+        DeviceKind::TemperatureSensor,
+        passcode,
+    );
+    let thermo = controller
+        .commission(
+            setup(passcode),
+            Some(sensor.addr),
+            "thermo",
+            Some("kitchen"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(thermo.kind(), "temperature sensor", "{:?}", thermo.clusters);
+    assert_eq!(
+        (thermo.room.as_deref(), thermo.celsius, thermo.on),
+        (Some("kitchen"), Some(21.0), None)
+    );
+    sensor.local.send(Change::Celsius(23.46)).unwrap();
+    assert_eq!(next_change(&sensor.changes), Change::Celsius(23.46));
+    assert_eq!(
+        controller.read("thermo").await.unwrap().celsius,
+        Some(23.46)
+    );
+    let err = controller.act("thermo", Action::On).await.unwrap_err();
+    assert!(matches!(err, MatterError::Unsupported { .. }), "{err}");
+    assert!(err.to_string().contains("temperature sensor"), "{err}");
+
     // The controller restarts: its fabric and devices come back, CASE is set up again.
     drop(controller);
-    let controller = Controller::start(store).unwrap();
+    let controller = Controller::start(store, None).unwrap();
     let devices = controller.devices().await.unwrap();
-    assert_eq!(devices.len(), 1);
+    assert_eq!(devices.len(), 2);
     let read = controller.read("garage light").await.unwrap();
     assert_eq!(read.on, Some(true));
     let off = controller.act("garage light", Action::Off).await.unwrap();
     assert_eq!(off.on, Some(false));
-    assert!(!next_change(&changes));
+    assert_eq!(next_change(changes), Change::On(false));
+    assert_eq!(
+        controller.read("thermo").await.unwrap().celsius,
+        Some(23.46)
+    );
 }

@@ -22,7 +22,7 @@ use tracing::warn;
 
 pub use builtin::{NotifySettings, builtin_tools, pending_contracts};
 pub use external::load_dir;
-pub use matter::{MatterSettings, action_in, device_in, device_json, matter_tools};
+pub use matter::{MatterSettings, Named, action_in, device_in, device_json, matter_tools};
 pub use vision::{VisionSettings, vision_tools};
 
 /// The `kind` of routed work this module serves, and the gossip key of the manifests.
