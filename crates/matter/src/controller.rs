@@ -5,13 +5,20 @@
 //!
 //! Devices are reached at the address they were commissioned at (unicast works on loopback, where
 //! multicast does not): the stack's operational-discovery requests are answered from that table.
+//!
+//! Each device's attributes (on/off, temperature) are kept current by a Matter subscription: the
+//! device reports every change — ours, another controller's, a wall switch — as it happens, and
+//! at least every `max_int` seconds; a subscription that goes quiet longer than that is set up
+//! again (with back-off while the device stays away).
 
 use core::cell::RefCell;
 use core::num::NonZeroU8;
 use core::pin::pin;
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, SocketAddrV6};
 use std::sync::Arc;
 use std::time::Duration;
+use std::time::Instant;
 
 use embassy_futures::select::{Either, select, select3};
 use rs_matter::Matter;
@@ -24,18 +31,29 @@ use rs_matter::crypto::{
 use rs_matter::dm::clusters::app::on_off::OnOffClient;
 use rs_matter::dm::clusters::decl::descriptor::DescriptorClient;
 use rs_matter::dm::clusters::decl::temperature_measurement::TemperatureMeasurementClient;
+use rs_matter::dm::clusters::net_comm::{DummyNetworks, NetworkType};
 use rs_matter::dm::devices::test::{DAC_PRIVKEY, TEST_DEV_ATT, TEST_DEV_COMM, TEST_DEV_DET};
+use rs_matter::dm::networks::wireless::NoopWirelessNetCtl;
+use rs_matter::dm::{EmptyHandler, Node, ReportContext, ReportDataHandler};
 use rs_matter::error::{Error, ErrorCode};
 use rs_matter::fabric::FabricPersist;
+use rs_matter::im::client::{ImClient, SubscribeOutcome, TxOutcome};
+use rs_matter::im::{
+    AttrPath, AttrResp, GenericPath, IMStatusCode, InteractionModel, InteractionModelState,
+    ReportDataResp,
+};
 use rs_matter::onboard::cac::{IcacGenerator, RcacGenerator};
 use rs_matter::onboard::noc::NocGenerator;
 use rs_matter::onboard::{CommissionOptions, Commissioner};
+use rs_matter::respond::Responder;
+use rs_matter::tlv::{FromTLV, Nullable};
 use rs_matter::transport::exchange::Exchange;
+use rs_matter::transport::exchange::MatterBuffers;
 use rs_matter::transport::network::mdns::{DottedName, MdnsRemoteService};
 use rs_matter::transport::network::{Address, MatterRemoteService, NoNetwork};
 use rs_matter::utils::select::Coalesce;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::state::{Blobs, StateStore};
 
@@ -295,6 +313,7 @@ enum Command {
 #[derive(Debug)]
 pub struct Controller {
     commands: mpsc::UnboundedSender<Command>,
+    changed: watch::Receiver<u64>,
 }
 
 impl std::fmt::Debug for Command {
@@ -308,12 +327,14 @@ impl Controller {
     /// the interface to discover devices on (`None`: the first that can carry mDNS, if any).
     pub fn start(store: Arc<dyn StateStore>, mdns: Option<String>) -> Result<Self, MatterError> {
         let (commands, rx) = mpsc::unbounded_channel();
+        let (changed_tx, changed) = watch::channel(0);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         std::thread::Builder::new()
             .name("matter-controller".into())
             .stack_size(16 << 20)
             .spawn(move || {
-                let result = futures_lite::future::block_on(run(store, mdns, rx, &ready_tx));
+                let result =
+                    futures_lite::future::block_on(run(store, mdns, rx, changed_tx, &ready_tx));
                 if let Err(e) = result {
                     let _ = ready_tx.send(Err(e));
                 }
@@ -322,7 +343,12 @@ impl Controller {
         ready_rx
             .recv()
             .map_err(|_| MatterError::Stopped("the controller thread ended at start".into()))??;
-        Ok(Self { commands })
+        Ok(Self { commands, changed })
+    }
+
+    /// Bumped whenever a device's state changes (a report, a command, a commissioning).
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changed.clone()
     }
 
     async fn ask<T>(
@@ -440,6 +466,7 @@ async fn run(
     store: Arc<dyn StateStore>,
     mdns: Option<String>,
     mut commands: mpsc::UnboundedReceiver<Command>,
+    changed: watch::Sender<u64>,
     ready: &std::sync::mpsc::Sender<Result<(), MatterError>>,
 ) -> Result<(), MatterError> {
     let matter = Box::new(Matter::new(&TEST_DEV_DET, TEST_DEV_COMM, &TEST_DEV_ATT, 0));
@@ -472,28 +499,131 @@ async fn run(
         }
     };
     let book = RefCell::new(book);
+    let subscriptions = RefCell::new(HashMap::new());
+    let ctx = Ctx {
+        matter: &matter,
+        crypto: &crypto,
+        fab_idx,
+        book: &book,
+        store: &*store,
+        mdns: mdns.as_deref(),
+        subscriptions: &subscriptions,
+        changed: &changed,
+    };
+    // The controller's own Interaction Model serves no clusters: it takes the devices' reports.
+    let buffers: Box<MatterBuffers> = Box::new(MatterBuffers::new());
+    let im_state = Box::new(InteractionModelState::<DummyNetworks>::new(DummyNetworks));
+    let reports = Reports { ctx: &ctx };
+    let im = InteractionModel::new_with_reports(
+        &matter,
+        &crypto,
+        &*buffers,
+        (Node::new(&[]), EmptyHandler),
+        &kv,
+        NoopWirelessNetCtl::new(NetworkType::Ethernet),
+        &reports,
+        &*im_state,
+    );
+    let responder = Responder::new_default(&im);
     let _ = ready.send(Ok(()));
 
     let mut transport = pin!(matter.run(&crypto, &socket, &socket, NoNetwork));
     let mut resolver = pin!(resolve_from_book(&matter, &book));
+    let mut respond = pin!(responder.run::<4>());
+    let mut keeper = pin!(ctx.keep_subscribed());
     let mut serve = pin!(async {
-        let ctx = Ctx {
-            matter: &matter,
-            crypto: &crypto,
-            fab_idx,
-            book: &book,
-            store: &*store,
-            mdns: mdns.as_deref(),
-        };
         while let Some(command) = commands.recv().await {
             ctx.handle(command).await;
         }
         Ok::<(), Error>(())
     });
-    select3(&mut transport, &mut resolver, &mut serve)
-        .coalesce()
-        .await
-        .map_err(MatterError::from)
+    select3(
+        select(&mut transport, &mut resolver).coalesce(),
+        select(&mut respond, &mut keeper).coalesce(),
+        &mut serve,
+    )
+    .coalesce()
+    .await
+    .map_err(MatterError::from)
+}
+
+/// A value a device reported.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Reading {
+    On(bool),
+    Celsius(Option<f64>),
+}
+
+/// The readings in a report (OnOff and MeasuredValue of endpoint 1; the rest is ignored).
+fn readings(report: &ReportDataResp<'_>) -> Vec<Reading> {
+    let mut out = Vec::new();
+    let Some(reports) = &report.attr_reports else {
+        return out;
+    };
+    for resp in reports.iter().flatten() {
+        let AttrResp::Data(data) = resp else { continue };
+        if data.path.endpoint != Some(1) || data.path.attr != Some(0) {
+            continue;
+        }
+        match data.path.cluster {
+            Some(cluster::ON_OFF) => {
+                if let Ok(on) = bool::from_tlv(&data.data) {
+                    out.push(Reading::On(on));
+                }
+            }
+            Some(cluster::TEMPERATURE_MEASUREMENT) => {
+                if let Ok(centi) = Nullable::<i16>::from_tlv(&data.data) {
+                    out.push(Reading::Celsius(
+                        centi.into_option().map(|c| f64::from(c) / 100.0),
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// A device's subscription as the controller tracks it.
+#[derive(Debug, Clone, Copy)]
+struct Subscription {
+    /// `None` while there is none (never set up, or lost).
+    max_int: Option<Duration>,
+    /// The last report, keep-alive or set-up.
+    heard: Instant,
+    /// When to try again after a failure, and the back-off that got there.
+    retry_at: Instant,
+    backoff: Duration,
+}
+
+/// How often the keeper looks for subscriptions to set up; how long it waits for a device that
+/// failed, at first and at most.
+const KEEPER_TICK: Duration = Duration::from_millis(500);
+const RETRY_FIRST: Duration = Duration::from_secs(2);
+const RETRY_MAX: Duration = Duration::from_secs(60);
+/// A report may arrive this late after `max_int` before the subscription counts as lost.
+const REPORT_SLACK: Duration = Duration::from_secs(10);
+/// The longest `max_int` we accept from a device (it may pick more than we ask for, up to this).
+const MAX_INT_CEILING: u16 = 60;
+
+/// Takes the devices' reports into the book.
+struct Reports<'c, 'a, C> {
+    ctx: &'c Ctx<'a, C>,
+}
+
+impl<C: Crypto> ReportDataHandler for Reports<'_, '_, C> {
+    async fn handle_report(
+        &self,
+        ctx: impl ReportContext,
+        report: &ReportDataResp<'_>,
+    ) -> Result<(), IMStatusCode> {
+        let node_id = ctx.subscription().peer_node_id;
+        if let Some(sub) = self.ctx.subscriptions.borrow_mut().get_mut(&node_id) {
+            sub.heard = Instant::now();
+        }
+        self.ctx.apply(node_id, &readings(report));
+        Ok(())
+    }
 }
 
 /// A root and an intermediate CA, the controller's own operational certificate and an IPK,
@@ -550,9 +680,152 @@ struct Ctx<'a, C> {
     book: &'a RefCell<Book>,
     store: &'a dyn StateStore,
     mdns: Option<&'a str>,
+    subscriptions: &'a RefCell<HashMap<u64, Subscription>>,
+    changed: &'a watch::Sender<u64>,
 }
 
 impl<C: Crypto> Ctx<'_, C> {
+    /// Records what a device reported; tells the node when something changed.
+    fn apply(&self, node_id: u64, readings: &[Reading]) {
+        let mut changed = false;
+        if let Some(device) = self
+            .book
+            .borrow_mut()
+            .devices
+            .iter_mut()
+            .find(|d| d.node_id == node_id)
+        {
+            for reading in readings {
+                match *reading {
+                    Reading::On(on) => {
+                        changed |= device.on != Some(on);
+                        device.on = Some(on);
+                    }
+                    Reading::Celsius(celsius) => {
+                        changed |= device.celsius != celsius;
+                        device.celsius = celsius;
+                    }
+                }
+            }
+        }
+        if changed {
+            self.changed.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// Sets up a subscription for every device that has none (or whose reports stopped), with
+    /// back-off for devices that do not answer. Runs for the controller's life.
+    async fn keep_subscribed(&self) -> Result<(), Error> {
+        loop {
+            embassy_time::Timer::after(embassy_time::Duration::from_millis(
+                KEEPER_TICK.as_millis() as u64,
+            ))
+            .await;
+            let now = Instant::now();
+            let due: Vec<Device> = {
+                let subscriptions = self.subscriptions.borrow();
+                self.book
+                    .borrow()
+                    .devices
+                    .iter()
+                    .filter(|d| match subscriptions.get(&d.node_id) {
+                        None => true,
+                        Some(sub) => match sub.max_int {
+                            Some(max_int) => now > sub.heard + max_int + REPORT_SLACK,
+                            None => now >= sub.retry_at,
+                        },
+                    })
+                    .cloned()
+                    .collect()
+            };
+            for device in due {
+                let what = format!("subscribe to {}", device.name);
+                match with_timeout(&what, OP_TIMEOUT, self.subscribe(&device)).await {
+                    Ok((readings, max_int)) => {
+                        let now = Instant::now();
+                        self.subscriptions.borrow_mut().insert(
+                            device.node_id,
+                            Subscription {
+                                max_int: Some(max_int),
+                                heard: now,
+                                retry_at: now,
+                                backoff: RETRY_FIRST,
+                            },
+                        );
+                        self.apply(device.node_id, &readings);
+                    }
+                    Err(e) => {
+                        log::debug!("{e}");
+                        self.lost(device.node_id);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A device stopped answering: its subscription is set up again later, backing off.
+    fn lost(&self, node_id: u64) {
+        let mut subscriptions = self.subscriptions.borrow_mut();
+        let now = Instant::now();
+        let backoff = match subscriptions.get(&node_id) {
+            Some(sub) if sub.max_int.is_none() => (sub.backoff * 2).min(RETRY_MAX),
+            _ => RETRY_FIRST,
+        };
+        subscriptions.insert(
+            node_id,
+            Subscription {
+                max_int: None,
+                heard: now,
+                retry_at: now + backoff,
+                backoff,
+            },
+        );
+    }
+
+    /// Subscribes to the device's OnOff and MeasuredValue (those it has); returns the priming
+    /// readings and the reporting interval the device committed to.
+    async fn subscribe(&self, device: &Device) -> Result<(Vec<Reading>, Duration), Error> {
+        let paths: Vec<AttrPath> = [cluster::ON_OFF, cluster::TEMPERATURE_MEASUREMENT]
+            .into_iter()
+            .filter(|c| device.has(*c))
+            .map(|c| AttrPath::from_gp(&GenericPath::new(Some(1), Some(c), Some(0))))
+            .collect();
+        if paths.is_empty() {
+            // Nothing we understand to watch: count it as watched, with a long interval.
+            return Ok((Vec::new(), RETRY_MAX));
+        }
+        let exchange =
+            Exchange::initiate(self.matter, self.crypto, self.fab_idx, device.node_id).await?;
+        let mut sender = exchange.subscribe_sender().await?;
+        let mut chunk = loop {
+            match sender.tx().await? {
+                TxOutcome::BuildRequest(builder) => {
+                    // keep_subs false: the device drops our earlier subscription, if any.
+                    sender = builder
+                        .keep_subs(false)?
+                        .min_int_floor(0)?
+                        .max_int_ceil(MAX_INT_CEILING)?
+                        .attr_requests_from(&paths)?
+                        .fabric_filtered(false)?
+                        .end()?;
+                }
+                TxOutcome::GotResponse(chunk) => break chunk,
+            }
+        };
+        let mut primed = Vec::new();
+        let established = loop {
+            primed.extend(readings(&chunk.response()?));
+            match chunk.complete().await? {
+                SubscribeOutcome::NextChunk(next) => chunk = next,
+                SubscribeOutcome::Established(established) => break established,
+            }
+        };
+        Ok((
+            primed,
+            Duration::from_secs(u64::from(established.max_int.max(1))),
+        ))
+    }
+
     async fn handle(&self, command: Command) {
         match command {
             Command::Commission {
@@ -795,7 +1068,6 @@ impl<C: Crypto> Ctx<'_, C> {
     async fn act(&self, device: &str, action: Option<Action>) -> Result<Device, MatterError> {
         let found = find(&self.book.borrow(), device).cloned();
         let mut found = found.ok_or_else(|| MatterError::UnknownDevice(device.to_owned()))?;
-        let what = |verb: &str| format!("{verb} {}", found.name);
         if action.is_some() && !found.has(cluster::ON_OFF) {
             return Err(MatterError::Unsupported {
                 device: found.name.clone(),
@@ -803,6 +1075,35 @@ impl<C: Crypto> Ctx<'_, C> {
                 action: "switch on or off".into(),
             });
         }
+        let result = self.operate(&mut found, action).await;
+        match &result {
+            Ok(()) => {
+                let mut readings = Vec::new();
+                readings.extend(found.on.map(Reading::On));
+                if found.has(cluster::TEMPERATURE_MEASUREMENT) {
+                    readings.push(Reading::Celsius(found.celsius));
+                }
+                self.apply(found.node_id, &readings);
+                // Back after an absence: subscribe again now rather than after the back-off.
+                let quiet = self
+                    .subscriptions
+                    .borrow()
+                    .get(&found.node_id)
+                    .is_some_and(|s| s.max_int.is_none());
+                if quiet {
+                    self.subscriptions.borrow_mut().remove(&found.node_id);
+                }
+            }
+            Err(_) => self.lost(found.node_id),
+        }
+        result?;
+        let _ = self.book.borrow().save(self.store);
+        Ok(found)
+    }
+
+    /// Sends `action` (if any) to the device and reads its state back into `found`.
+    async fn operate(&self, found: &mut Device, action: Option<Action>) -> Result<(), MatterError> {
+        let what = |verb: &str| format!("{verb} {}", found.name);
         if let Some(action) = action {
             let command = async {
                 let exchange =
@@ -839,15 +1140,7 @@ impl<C: Crypto> Ctx<'_, C> {
             let centi = with_timeout(&what("read"), OP_TIMEOUT, read).await?;
             found.celsius = centi.into_option().map(|c| f64::from(c) / 100.0);
         }
-        {
-            let mut book = self.book.borrow_mut();
-            if let Some(slot) = book.devices.iter_mut().find(|d| d.node_id == found.node_id) {
-                slot.on = found.on;
-                slot.celsius = found.celsius;
-            }
-        }
-        let _ = self.book.borrow().save(self.store);
-        Ok(found)
+        Ok(())
     }
 }
 

@@ -1,5 +1,6 @@
-//! Matter devices in the mesh: a node with a bridge reads its devices' state every few seconds
-//! (so a change made by another controller shows up) and gossips the list under [`RECORD_KEY`];
+//! Matter devices in the mesh: a node with a bridge gossips its devices and their state under
+//! [`RECORD_KEY`] as soon as its controller hears of a change (every device reports through a
+//! Matter subscription, so a change made by another controller or at the switch shows up too);
 //! every node keeps the lists it hears, so `matter list` anywhere shows every device, its bridge
 //! and whether it is on.
 
@@ -15,8 +16,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 pub const RECORD_KEY: &str = "matter";
-/// How often a bridge reads its devices.
-const POLL: Duration = Duration::from_secs(3);
+/// How often a bridge republishes its list even without a change it heard of.
+const REFRESH: Duration = Duration::from_secs(5);
 
 /// The device lists gossiped by every bridge.
 #[derive(Debug, Clone, Default)]
@@ -60,7 +61,8 @@ impl MatterView {
     }
 }
 
-/// Learns the bridges' lists; on a bridge node, also polls its devices and publishes its own.
+/// Learns the bridges' lists; on a bridge node, also publishes its own whenever a device's state
+/// changes (the controller's subscriptions report it) and every few seconds in case of a missed one.
 pub async fn run(
     view: MatterView,
     mesh: Mesh,
@@ -68,10 +70,10 @@ pub async fn run(
     cancel: CancellationToken,
 ) {
     let mut changes = mesh.subscribe();
-    let mut ticker = tokio::time::interval(POLL);
+    let mut ticker = tokio::time::interval(REFRESH);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut changed = controller.as_ref().map(|c| c.changes());
     let mut published: Option<Vec<Value>> = None;
-    let mut silent: HashMap<u64, u32> = HashMap::new();
     loop {
         tokio::select! {
             () = cancel.cancelled() => return,
@@ -81,39 +83,32 @@ pub async fn run(
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                 Err(_) => return,
             },
-            _ = ticker.tick(), if controller.is_some() => {
-                let Some(controller) = &controller else { continue };
-                let Ok(devices) = controller.devices().await else { return };
-                for device in &devices {
-                    // A device that did not answer is tried again every tenth poll only: the
-                    // controller handles one request at a time, and a read of a vanished device
-                    // waits for its timeout.
-                    let skip = silent.get(&device.node_id).copied().unwrap_or(0);
-                    if skip > 0 {
-                        silent.insert(device.node_id, skip - 1);
-                        continue;
-                    }
-                    match controller.read(&device.name).await {
-                        Ok(_) => {
-                            silent.remove(&device.node_id);
-                        }
-                        Err(e) => {
-                            warn!(device = %device.name, "not answering: {e}");
-                            silent.insert(device.node_id, 9);
-                        }
-                    }
+            result = async {
+                match changed.as_mut() {
+                    Some(changed) => changed.changed().await.is_ok(),
+                    None => std::future::pending().await,
                 }
-                let Ok(devices) = controller.devices().await else { return };
-                let list: Vec<Value> = devices.iter().map(crate::tools::device_json).collect();
-                if published.as_ref() != Some(&list) {
-                    let bytes = serde_json::to_vec(&list).unwrap_or_default();
-                    view.learn(mesh.id(), &bytes);
-                    if mesh.set_value(RECORD_KEY, bytes, true).await.is_err() {
-                        return;
-                    }
-                    published = Some(list);
+            } => {
+                if !result {
+                    return;
                 }
             }
+            _ = ticker.tick(), if controller.is_some() => {}
+        }
+        let Some(controller) = &controller else {
+            continue;
+        };
+        let Ok(devices) = controller.devices().await else {
+            return;
+        };
+        let list: Vec<Value> = devices.iter().map(crate::tools::device_json).collect();
+        if published.as_ref() != Some(&list) {
+            let bytes = serde_json::to_vec(&list).unwrap_or_default();
+            view.learn(mesh.id(), &bytes);
+            if mesh.set_value(RECORD_KEY, bytes, true).await.is_err() {
+                return;
+            }
+            published = Some(list);
         }
     }
 }

@@ -345,6 +345,15 @@ async fn a_light_built_with_matter_js_is_commissioned_and_switched_by_the_bridge
         "matter.js is not installed in {}: run scripts/fetch-matterjs",
         js.display()
     );
+    // The fixture as committed (setup copies it too; a test run alone must not use a stale one).
+    std::fs::copy(
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/matterjs/light.mjs"
+        ),
+        js.join("light.mjs"),
+    )
+    .unwrap();
     let port = std::net::UdpSocket::bind("[::]:0")
         .unwrap()
         .local_addr()
@@ -356,11 +365,13 @@ async fn a_light_built_with_matter_js_is_commissioned_and_switched_by_the_bridge
         .current_dir(&js)
         .env("MATTER_STORAGE_PATH", dir.path().join("js"))
         .env("MATTER_LOG_LEVEL", "error")
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
         .spawn()
         .expect("node (Node.js) is needed: scripts/setup installs it");
+    let mut switch = child.stdin.take().unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     tokio::time::timeout(Duration::from_secs(60), async {
         loop {
@@ -415,6 +426,24 @@ async fn a_light_built_with_matter_js_is_commissioned_and_switched_by_the_bridge
     let out = cli(&["--api", &api, "matter", "set", "js light", "off"]);
     assert!(out.contains("js light is OFF"), "{out}");
     assert_eq!(changes.recv().await, Some(false));
+
+    // Switched at the device: matter.js reports it on our subscription; nobody asks.
+    use tokio::io::AsyncWriteExt;
+    switch.write_all(b"on\n").await.unwrap();
+    switch.flush().await.unwrap();
+    assert_eq!(changes.recv().await, Some(true));
+    kit::eventually(
+        Duration::from_secs(10),
+        "the bridge hears the matter.js light went ON",
+        || {
+            let api = api.clone();
+            async move {
+                let devices = kit::get_json(&format!("http://{api}/v1/matter/devices")).await?;
+                (devices.as_array()?.first()?["state"]["on"] == true).then_some(())
+            }
+        },
+    )
+    .await;
 }
 
 /// A network namespace held open by a `sleep` for as long as the value lives.

@@ -76,6 +76,27 @@ fn next_change(changes: &mpsc::Receiver<Change>) -> Change {
         .expect("the device saw no change")
 }
 
+/// Waits (10 s at most) for the controller to report `device` in the state `wanted` describes.
+async fn reported(
+    controller: &Controller,
+    changed: &mut tokio::sync::watch::Receiver<u64>,
+    device: &str,
+    wanted: impl Fn(&atmosphere_matter::Device) -> bool,
+) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let devices = controller.devices().await.unwrap();
+        let found = devices.iter().find(|d| d.name == device).unwrap();
+        if wanted(found) {
+            return;
+        }
+        tokio::time::timeout_at(deadline, changed.changed())
+            .await
+            .unwrap_or_else(|_| panic!("no report brought {device} to the wanted state: {found:?}"))
+            .unwrap();
+    }
+}
+
 fn setup(passcode: u32) -> Setup {
     Setup::parse(&passcode.to_string()).unwrap()
 }
@@ -123,11 +144,15 @@ async fn the_controller_commissions_switches_and_after_a_restart_still_reaches_t
     assert_eq!(toggled.on, Some(true));
     assert_eq!(next_change(changes), Change::On(true));
 
-    // Someone at the wall switch: the next read sees it.
+    // Someone at the wall switch: the light reports it through the controller's subscription,
+    // nobody asks.
+    let mut changed = controller.changes();
     light.local.send(Change::On(false)).unwrap();
     assert_eq!(next_change(changes), Change::On(false));
-    let read = controller.read("garage light").await.unwrap();
-    assert_eq!(read.on, Some(false));
+    reported(&controller, &mut changed, "garage light", |d| {
+        d.on == Some(false)
+    })
+    .await;
     controller.act("garage light", Action::On).await.unwrap();
     assert_eq!(next_change(changes), Change::On(true));
 
@@ -174,6 +199,10 @@ async fn the_controller_commissions_switches_and_after_a_restart_still_reaches_t
     );
     sensor.local.send(Change::Celsius(23.46)).unwrap();
     assert_eq!(next_change(&sensor.changes), Change::Celsius(23.46));
+    reported(&controller, &mut changed, "thermo", |d| {
+        d.celsius == Some(23.46)
+    })
+    .await;
     assert_eq!(
         controller.read("thermo").await.unwrap().celsius,
         Some(23.46)
