@@ -430,6 +430,7 @@ health_interval = "5s"  # how often model servers are checked; a failing one is 
 # offers them as tools; its fabric and devices live in the node database (node.redb).
 [matter]
 # controller = true
+# mdns_interface = "eth0"   # where `matter discover` looks; default: the first that can carry mDNS
 
 [gossip]
 interval = "500ms"          # time between rounds
