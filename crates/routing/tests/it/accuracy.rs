@@ -19,8 +19,8 @@ fn classifier(embedder: &Embedder, params: Params) -> Classifier {
     Classifier::new(&catalog, params)
 }
 
-fn score_file(embedder: &Embedder, classifier: &Classifier, file: &str) -> Report {
-    let rows = parse_jsonl(&std::fs::read_to_string(file).unwrap()).unwrap();
+fn score(embedder: &Embedder, classifier: &Classifier, jsonl: &str) -> Report {
+    let rows = parse_jsonl(jsonl).unwrap();
     let texts: Vec<&str> = rows.iter().map(|r| r.text.as_str()).collect();
     let mut predicted = Vec::new();
     for chunk in texts.chunks(64) {
@@ -74,7 +74,11 @@ fn the_labelled_intent_set_routes_with_at_least_95_percent_accuracy() {
     }
     let classifier = classifier(&embedder, params);
     let file = concat!(env!("CARGO_MANIFEST_DIR"), "/eval/intents.jsonl");
-    let report = score_file(&embedder, &classifier, file);
+    let report = score(
+        &embedder,
+        &classifier,
+        &std::fs::read_to_string(file).unwrap(),
+    );
     eprintln!("{report}");
     // The external development set, when this checkout sits beside it (tuning only).
     let dev = concat!(
@@ -85,13 +89,7 @@ fn the_labelled_intent_set_routes_with_at_least_95_percent_accuracy() {
         let text = std::fs::read_to_string(dev)
             .unwrap()
             .replace("\"other\"", "\"out-of-scope\"");
-        let tmp = std::env::temp_dir().join(format!("atmosphere-dev-{}.jsonl", std::process::id()));
-        std::fs::write(&tmp, text).unwrap();
-        eprintln!(
-            "development set:\n{}",
-            score_file(&embedder, &classifier, tmp.to_str().unwrap())
-        );
-        let _ = std::fs::remove_file(&tmp);
+        eprintln!("development set:\n{}", score(&embedder, &classifier, &text));
     }
     assert!(report.total >= 300, "{} intents", report.total);
     assert_eq!(report.per_class.len(), 9, "every class is labelled");
