@@ -2,6 +2,7 @@
 
 mod client;
 mod demo;
+mod knowledge;
 mod llm;
 mod matter;
 mod packages;
@@ -90,9 +91,13 @@ enum Command {
     /// Agents: deploy them on a node, list them, wake them with an input.
     #[command(subcommand)]
     Agent(AgentCommand),
-    /// The Matter bridge: commission devices, list and switch them, run a virtual light.
+    /// The Matter bridge: discover and commission devices, list and switch them, run a
+    /// virtual light or temperature sensor.
     #[command(subcommand)]
     Matter(matter::MatterCommand),
+    /// Documents spread over the mesh: add them, search them, see where their chunks live.
+    #[command(subcommand)]
+    Knowledge(knowledge::KnowledgeCommand),
     /// Model packages for offline distribution: pack and seal, verify, push and pull over the
     /// mesh, export to and import from a directory (USB stick); imported models are served.
     #[command(subcommand)]
@@ -334,7 +339,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
     let client = Client::with_key(cli.api, cli.api_key.as_deref())?;
     let json = cli.json;
     match cli.command {
-        Command::Serve(args) => serve(*args).await,
+        Command::Serve(args) => Box::pin(serve(*args)).await,
         Command::Mesh(MeshCommand::Status) => {
             let status = client.status().await?;
             render::output(json, &status, render::status)
@@ -444,6 +449,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
         Command::Route { eval } => route(&client, eval, json).await,
         Command::Model(command) => packages::run(command, &client, json).await,
         Command::Matter(command) => matter::run(command, &client, json).await,
+        Command::Knowledge(command) => knowledge::run(command, &client, json).await,
         Command::Agent(AgentCommand::List) => {
             let agents = client.agents().await?;
             render::output(json, &agents, render::agents)

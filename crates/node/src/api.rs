@@ -38,6 +38,8 @@ pub struct ApiState {
     pub agents: Option<crate::agents::Agents>,
     /// Model packages (absent in API tests over the in-memory transport).
     pub packages: Option<crate::packages::Packages>,
+    /// Knowledge spread over the mesh (absent in API tests over the in-memory transport).
+    pub knowledge: Option<crate::knowledge::Knowledge>,
     /// The Matter controller, when this node runs one.
     pub matter: Option<std::sync::Arc<atmosphere_matter::Controller>>,
     /// Every bridge's devices, as gossiped.
@@ -257,6 +259,9 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/matter/devices", get(matter_devices))
         .route("/v1/matter/commission", post(matter_commission))
         .route("/v1/matter/discover", get(matter_discover))
+        .route("/v1/knowledge/add", post(knowledge_add))
+        .route("/v1/knowledge/query", post(knowledge_query))
+        .route("/v1/knowledge/status", get(knowledge_status))
         .route("/v1/matter/devices/{name}/{action}", post(matter_act))
         .route("/v1/packages", get(packages_list))
         .route("/v1/packages/seal", post(packages_seal))
@@ -726,6 +731,7 @@ mod tests {
             tools: None,
             agents: None,
             packages: None,
+            knowledge: None,
             matter: None,
             matter_view: Default::default(),
         })
@@ -977,6 +983,120 @@ impl From<atmosphere_matter::MatterError> for ApiError {
             message: error.to_string(),
         }
     }
+}
+
+fn knowledge(state: &ApiState) -> Result<&crate::knowledge::Knowledge, ApiError> {
+    state.knowledge.as_ref().ok_or(ApiError {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        kind: "no_knowledge",
+        message: "this node runs without the knowledge service".into(),
+    })
+}
+
+impl From<crate::knowledge::KnowledgeError> for ApiError {
+    fn from(error: crate::knowledge::KnowledgeError) -> Self {
+        use crate::knowledge::KnowledgeError as E;
+        let (status, kind) = match &error {
+            E::Unreadable { .. } | E::Empty { .. } | E::NotText { .. } | E::TooLarge { .. } => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "bad_document")
+            }
+            E::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            E::Nothing(_) => (StatusCode::NOT_FOUND, "no_knowledge"),
+            _ => (StatusCode::BAD_GATEWAY, "knowledge_failed"),
+        };
+        Self {
+            status,
+            kind,
+            message: error.to_string(),
+        }
+    }
+}
+
+/// Body of `POST /v1/knowledge/add`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KnowledgeAddRequest {
+    pub collection: String,
+    /// Files or directories on this node's machine.
+    pub paths: Vec<std::path::PathBuf>,
+}
+
+/// `POST /v1/knowledge/add`: reads, chunks, embeds and places each document; one JSON line per
+/// progress event (`reading`, `done`, `failed`). A bad document fails alone.
+async fn knowledge_add(
+    State(state): State<ApiState>,
+    Json(request): Json<KnowledgeAddRequest>,
+) -> Result<Response, ApiError> {
+    let knowledge = knowledge(&state)?.clone();
+    let mut files = Vec::new();
+    for path in &request.paths {
+        files.extend(crate::knowledge::files_in(path)?);
+    }
+    if files.is_empty() {
+        return Err(crate::openai::bad_request(
+            "no Markdown, text or PDF file in the paths given",
+        ));
+    }
+    let (events, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        for file in files {
+            let event = match knowledge.add(&request.collection, &file, &events).await {
+                Ok(report) => crate::knowledge::AddEvent::Done(report),
+                Err(e) => crate::knowledge::AddEvent::Failed {
+                    document: file.display().to_string(),
+                    error: e.to_string(),
+                },
+            };
+            let _ = events.send(event);
+        }
+    });
+    let (tx, lines) = tokio::sync::mpsc::channel::<Result<String, std::convert::Infallible>>(8);
+    tokio::spawn(async move {
+        while let Some(event) = rx.recv().await {
+            let mut line = serde_json::to_string(&event).unwrap_or_default();
+            line.push('\n');
+            if tx.send(Ok(line)).await.is_err() {
+                return;
+            }
+        }
+    });
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/x-ndjson")],
+        axum::body::Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(lines)),
+    )
+        .into_response())
+}
+
+/// Body of `POST /v1/knowledge/query`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KnowledgeQuery {
+    pub query: String,
+    #[serde(default)]
+    pub collection: Option<String>,
+    #[serde(default)]
+    pub top_k: Option<usize>,
+}
+
+/// `POST /v1/knowledge/query`: the passages nearest the question, from the nodes likely to hold
+/// them, with the trace of who was asked (no answer is written: see `rag:query` and intents).
+async fn knowledge_query(
+    State(state): State<ApiState>,
+    Json(request): Json<KnowledgeQuery>,
+) -> Result<Json<crate::knowledge::QueryOutcome>, ApiError> {
+    let outcome = knowledge(&state)?
+        .query(
+            &request.query,
+            request.collection.as_deref(),
+            request.top_k.unwrap_or(crate::knowledge::DEFAULT_TOP_K),
+        )
+        .await?;
+    Ok(Json(outcome))
+}
+
+/// `GET /v1/knowledge/status`: placement and replication health.
+async fn knowledge_status(
+    State(state): State<ApiState>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(Json(knowledge(&state)?.status().await?))
 }
 
 /// Body of `POST /v1/matter/commission`.

@@ -66,6 +66,24 @@ pub struct NodeConfig {
     pub vision: crate::tools::VisionSettings,
     /// The Matter bridge: a controller on this node (`matter:list_devices`, `matter:execute`).
     pub matter: crate::tools::MatterSettings,
+    /// Documents spread over the mesh (`atmosphere knowledge …`).
+    pub knowledge: KnowledgeSection,
+}
+
+/// `[knowledge]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KnowledgeSection {
+    /// Copies of each chunk, on as many nodes (fewer while the mesh has fewer).
+    pub replicas: usize,
+}
+
+impl Default for KnowledgeSection {
+    fn default() -> Self {
+        Self {
+            replicas: crate::knowledge::place::DEFAULT_REPLICAS,
+        }
+    }
 }
 
 /// `[[descriptors]]`: a capability in people's words.
@@ -211,6 +229,7 @@ impl Default for NodeConfig {
             notify: Default::default(),
             vision: Default::default(),
             matter: Default::default(),
+            knowledge: Default::default(),
         }
     }
 }
@@ -431,6 +450,10 @@ health_interval = "5s"  # how often model servers are checked; a failing one is 
 [matter]
 # controller = true
 # mdns_interface = "eth0"   # where `matter discover` looks; default: the first that can carry mDNS
+
+# Documents spread over the mesh: each chunk is kept on this many nodes.
+[knowledge]
+replicas = 2
 
 [gossip]
 interval = "500ms"          # time between rounds

@@ -45,6 +45,8 @@ pub enum NodeError {
     Matter(atmosphere_matter::MatterError),
     #[error("model packages: {0}")]
     Packages(#[from] crate::packages::PackagesError),
+    #[error("knowledge: {0}")]
+    Knowledge(#[from] crate::knowledge::KnowledgeError),
     #[error("model server: {0}")]
     Server(#[from] atmosphere_backends::adapters::AdapterError),
     #[error(
@@ -162,6 +164,7 @@ pub async fn run(
     let (tool_tx, tool_rx) = mpsc::channel(64);
     let (agent_tx, agent_rx) = mpsc::channel(64);
     let (package_tx, package_rx) = mpsc::channel(256);
+    let (knowledge_tx, knowledge_rx) = mpsc::channel(256);
     let dispatcher = tokio::spawn(dispatch(
         app_rx,
         trust_tx,
@@ -171,6 +174,7 @@ pub async fn run(
             (crate::tools::WORK_KIND, tool_tx),
             (crate::agents::WORK_KIND, agent_tx),
             (crate::packages::WORK_KIND, package_tx),
+            (crate::knowledge::WORK_KIND, knowledge_tx),
         ],
     ));
     let trust_task = tokio::spawn(trust::run(
@@ -214,6 +218,20 @@ pub async fn run(
             })
             .collect(),
     );
+    let knowledge = crate::knowledge::Knowledge::open(
+        mesh.clone(),
+        mesh_config.name.clone(),
+        store.clone(),
+        models.clone(),
+        config.knowledge.replicas,
+    )?;
+    intents.attach_knowledge(knowledge.clone());
+    let knowledge_task = tokio::spawn(crate::service::run(
+        knowledge.clone(),
+        knowledge_rx,
+        trust_cancel.clone(),
+    ));
+    let knowledge_upkeep = tokio::spawn(knowledge.clone().maintain(trust_cancel.clone()));
     let intents_task = tokio::spawn(crate::intent::run(
         intents.clone(),
         intent_rx,
@@ -250,6 +268,10 @@ pub async fn run(
     local_tools.extend(crate::tools::vision_tools(
         &config.vision,
         &atmosphere_backends::models::cache_dir(),
+    ));
+    local_tools.extend(crate::knowledge::rag_tool(
+        knowledge.clone(),
+        intents.clone(),
     ));
     let tools = crate::tools::Tools::new(mesh.clone(), mesh_config.name.clone(), local_tools);
     intents.attach_tools(tools.clone());
@@ -350,6 +372,7 @@ pub async fn run(
         tools: Some(tools),
         agents: Some(agents),
         packages: Some(packages),
+        knowledge: Some(knowledge),
         matter,
         matter_view,
     });
@@ -392,6 +415,8 @@ pub async fn run(
     let _ = tools_task.await;
     let _ = agents_task.await;
     let _ = packages_task.await;
+    let _ = knowledge_task.await;
+    let _ = knowledge_upkeep.await;
     let _ = bridge_task.await;
     dispatcher.abort();
     let _ = models_task.await;
@@ -411,7 +436,7 @@ async fn dispatch(
     mut app_rx: mpsc::Receiver<Incoming>,
     trust_tx: mpsc::Sender<Incoming>,
     config_tx: mpsc::Sender<Incoming>,
-    services: [(&'static str, mpsc::Sender<Incoming>); 4],
+    services: [(&'static str, mpsc::Sender<Incoming>); 5],
 ) {
     while let Some(incoming) = app_rx.recv().await {
         let service = match &incoming.request {

@@ -191,6 +191,7 @@ struct Inner {
     /// The agent service: agents' intents are router classes `agent:NAME`.
     agents: std::sync::OnceLock<crate::agents::Agents>,
     matter: std::sync::OnceLock<crate::bridge::MatterView>,
+    knowledge: std::sync::OnceLock<crate::knowledge::Knowledge>,
     /// Embedded descriptors of the mesh's agents, by (name, version, node).
     agent_descriptors: std::sync::Mutex<AgentCatalog>,
     /// Embeddings of recent intents.
@@ -235,6 +236,7 @@ impl Intents {
                 tools: std::sync::OnceLock::new(),
                 agents: std::sync::OnceLock::new(),
                 matter: std::sync::OnceLock::new(),
+                knowledge: std::sync::OnceLock::new(),
                 agent_descriptors: std::sync::Mutex::new(BTreeMap::new()),
                 embed_cache: std::sync::Mutex::new(EmbedCache::default()),
                 agents_seen: AtomicU64::new(u64::MAX),
@@ -247,6 +249,97 @@ impl Intents {
     /// bridge that has it.
     pub fn attach_matter(&self, view: crate::bridge::MatterView) {
         let _ = self.inner.matter.set(view);
+    }
+
+    /// Lets `rag` intents search the mesh's documents.
+    pub fn attach_knowledge(&self, knowledge: crate::knowledge::Knowledge) {
+        let _ = self.inner.knowledge.set(knowledge);
+    }
+
+    /// Answers `question` from the passages `found`: the largest healthy chat model in the mesh
+    /// writes the answer, citing them. Returns the text with its retrieval trace and sources, the
+    /// node that wrote it and its model.
+    pub async fn synthesize(
+        &self,
+        question: &str,
+        found: &crate::knowledge::QueryOutcome,
+        max_tokens: usize,
+    ) -> Result<(String, String, Option<String>), String> {
+        let mut passages = String::new();
+        for (n, hit) in found.hits.iter().enumerate() {
+            let place = if hit.heading.is_empty() {
+                hit.document.clone()
+            } else {
+                format!("{} › {}", hit.document, hit.heading)
+            };
+            passages.push_str(&format!("[{}] ({place})\n{}\n\n", n + 1, hit.text));
+        }
+        let messages = vec![
+            ChatMessage {
+                role: "system".into(),
+                content: "You answer questions about this household from its own documents. Use \
+                          only the passages given; cite them as [1], [2]. If they do not hold \
+                          the answer, say so."
+                    .into(),
+            },
+            ChatMessage::user(format!("{passages}Question: {question}")),
+        ];
+        let started = Instant::now();
+        let status = self.inner.mesh.status().await.map_err(|e| e.to_string())?;
+        let routes = self.inner.mesh.routes().await.map_err(|e| e.to_string())?;
+        let candidates = candidates(&status, &routes, GENERAL);
+        if candidates.is_empty() {
+            return Err("no node offers a language model to write the answer".into());
+        }
+        // A demanding request: the largest model on offer, the network breaking ties.
+        let decision = RouteDecision {
+            text: question.to_owned(),
+            capability: GENERAL.into(),
+            class: GENERAL.into(),
+            score: 1.0,
+            fallback: false,
+            complexity: Some(1.0),
+            ranking: Vec::new(),
+            candidates: rank(&candidates, Some(1.0)),
+            reason: "synthesis of retrieved passages".into(),
+            route_ms: ms(started),
+        };
+        let work = WorkRequest {
+            text: question.to_owned(),
+            capability: GENERAL.into(),
+            class: GENERAL.into(),
+            max_tokens: max_tokens.min(4096),
+            messages: Some(messages),
+            temperature: Some(0.0),
+            model: None,
+        };
+        let outcome = self
+            .dispatch(decision, work, started)
+            .await
+            .map_err(|e| e.to_string())?;
+        let reply = outcome.result.ok_or("the synthesis returned nothing")?;
+        let mut text = format!(
+            "{}\nSynthesis on: {}\n\n{}\n\nSources:",
+            found.trace(),
+            reply.node,
+            reply.text.trim()
+        );
+        for (n, hit) in found.hits.iter().enumerate() {
+            text.push_str(&format!(
+                "\n[{}] {}{} (chunk {}, from {}, score {:.2})",
+                n + 1,
+                hit.document,
+                if hit.heading.is_empty() {
+                    String::new()
+                } else {
+                    format!(" › {}", hit.heading)
+                },
+                hit.index,
+                hit.node,
+                hit.score
+            ));
+        }
+        Ok((text, reply.node, reply.model))
     }
 
     /// Lets intents use the node's tools (`notify:send` for notifications).
@@ -826,6 +919,46 @@ impl Intents {
             }
             "routing" => Ok(reply(self.routing_report().await?, None, None)),
             MATTER => Ok(reply(self.matter_command(&request.text).await?, None, None)),
+            RAG => {
+                let knowledge = self
+                    .inner
+                    .knowledge
+                    .get()
+                    .ok_or("no knowledge service on this node")?;
+                let found = match knowledge
+                    .query(&request.text, None, crate::knowledge::DEFAULT_TOP_K)
+                    .await
+                {
+                    Ok(found) => found,
+                    Err(crate::knowledge::KnowledgeError::Nothing(_)) => {
+                        // No documents anywhere: the language model answers alone, and says so.
+                        let chat = self
+                            .chat(
+                                vec![ChatMessage::user(request.text.clone())],
+                                GenerateOptions {
+                                    max_tokens: request.max_tokens,
+                                    ..GenerateOptions::default()
+                                },
+                                None,
+                            )
+                            .await?;
+                        return Ok(reply(
+                            format!(
+                                "(No documents in the mesh yet — `atmosphere knowledge add` — so \
+                                 the model answers alone.)\n{}",
+                                chat.text
+                            ),
+                            Some(chat.model),
+                            None,
+                        ));
+                    }
+                    Err(e) => return Err(e.to_string()),
+                };
+                let (text, _, model) = self
+                    .synthesize(&request.text, &found, request.max_tokens)
+                    .await?;
+                Ok(reply(text, model, None))
+            }
             other if other.starts_with(AGENT_PREFIX) => {
                 let name = &other[AGENT_PREFIX.len()..];
                 let agents = self
@@ -1108,7 +1241,9 @@ const AGENT_PREFIX: &str = "agent:";
 /// through its `notify:send` tool).
 /// The capability of Matter bridges.
 const MATTER: &str = "matter";
-const BUILT_IN: [&str; 3] = ["system", "routing", "notification"];
+/// Questions over the household's documents: every node can gather passages from the mesh.
+const RAG: &str = "rag";
+const BUILT_IN: [&str; 4] = ["system", "routing", "notification", RAG];
 
 /// Providers of `capability` from the gradient table, one per node; language models carry the
 /// size of the node's largest healthy chat model.

@@ -10,6 +10,7 @@ pub mod configsync;
 pub mod daemon;
 pub mod identity;
 pub mod intent;
+pub mod knowledge;
 pub mod llamafarm;
 pub mod models;
 pub mod openai;

@@ -21,6 +21,12 @@ const AGENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("agents");
 /// The Matter controller's state: its fabric's blobs and its device records.
 const MATTER: TableDefinition<&str, &[u8]> = TableDefinition::new("matter");
 
+/// Knowledge chunks held here: chunk id → postcard `StoredChunk` (text, embedding, origin).
+const CHUNKS: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("chunks");
+
+/// A stored chunk: its id and its encoding.
+pub type ChunkRow = ([u8; 16], Vec<u8>);
+
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -156,6 +162,71 @@ impl Store {
             table.insert(name, value).map_err(db_err)?;
         }
         txn.commit().map_err(db_err)
+    }
+
+    /// Stores chunks (id, encoded) not held yet; returns how many were new.
+    pub fn put_chunks(&self, chunks: &[ChunkRow]) -> Result<usize, StoreError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        let mut new = 0;
+        {
+            let mut table = txn.open_table(CHUNKS).map_err(db_err)?;
+            for (id, bytes) in chunks {
+                if table.get(id).map_err(db_err)?.is_none() {
+                    table.insert(id, bytes.as_slice()).map_err(db_err)?;
+                    new += 1;
+                }
+            }
+        }
+        txn.commit().map_err(db_err)?;
+        Ok(new)
+    }
+
+    /// Removes chunks; returns how many were there.
+    pub fn remove_chunks(&self, ids: &[[u8; 16]]) -> Result<usize, StoreError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        let mut removed = 0;
+        {
+            let mut table = txn.open_table(CHUNKS).map_err(db_err)?;
+            for id in ids {
+                if table.remove(id).map_err(db_err)?.is_some() {
+                    removed += 1;
+                }
+            }
+        }
+        txn.commit().map_err(db_err)?;
+        Ok(removed)
+    }
+
+    /// The chunks asked for that are held here, encoded.
+    pub fn chunks(&self, ids: &[[u8; 16]]) -> Result<Vec<ChunkRow>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = match txn.open_table(CHUNKS) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(db_err(e)),
+        };
+        let mut out = Vec::new();
+        for id in ids {
+            if let Some(value) = table.get(id).map_err(db_err)? {
+                out.push((*id, value.value().to_vec()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every chunk held here, encoded, to `each`.
+    pub fn each_chunk(&self, mut each: impl FnMut([u8; 16], &[u8])) -> Result<(), StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = match txn.open_table(CHUNKS) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
+            Err(e) => return Err(db_err(e)),
+        };
+        for row in table.iter().map_err(db_err)? {
+            let (id, value) = row.map_err(db_err)?;
+            each(*id.value(), value.value());
+        }
+        Ok(())
     }
 
     /// A value of the Matter controller's state.

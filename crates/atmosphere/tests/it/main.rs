@@ -5,6 +5,7 @@ mod agents;
 mod auth;
 mod cli;
 mod kit;
+mod knowledge;
 mod lan;
 mod matter;
 mod packages;
