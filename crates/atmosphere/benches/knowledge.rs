@@ -133,13 +133,17 @@ async fn main() {
     );
     println!("{:52} {}", "ingest: CPU seconds per node", cpu.join(", "));
     let api = nodes[0].api();
-    eventually(Duration::from_secs(120), "two copies of every chunk", || {
-        let api = api.clone();
-        async move {
-            let s = get_json(&format!("http://{api}/v1/knowledge/status")).await?;
-            (s["healthy"] == true && s["copies"].as_u64() == Some(2 * chunks)).then_some(())
-        }
-    })
+    eventually(
+        Duration::from_secs(120),
+        "two copies of every chunk",
+        || {
+            let api = api.clone();
+            async move {
+                let s = get_json(&format!("http://{api}/v1/knowledge/status")).await?;
+                (s["healthy"] == true && s["copies"].as_u64() == Some(2 * chunks)).then_some(())
+            }
+        },
+    )
     .await;
 
     let questions: Vec<Value> = std::fs::read_to_string(QUESTIONS)

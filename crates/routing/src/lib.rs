@@ -8,6 +8,7 @@ pub mod choose;
 pub mod classify;
 pub mod descriptor;
 pub mod eval;
+pub mod summary;
 pub mod vector;
 
 pub use choose::{Candidate, Complexity, Ranked, complexity_descriptors, rank};

@@ -1,14 +1,13 @@
 //! Knowledge spread over the mesh. A document added on a node is read line by line, cut into
 //! chunks ([`chunk`]), embedded there with MiniLM, and each chunk — text and embedding — is
 //! stored on the `replicas` nodes rendezvous hashing picks among the live ones ([`place`]). Every
-//! node gossips a summary per collection ([`summary`]: counts and centroids); a query embeds the
+//! node gossips a summary per collection (`atmosphere_routing::summary`: counts and centroids); a query embeds the
 //! question, asks the nodes whose centroids come near it, merges their best passages by score
 //! and says which node gave what. A maintenance loop keeps each chunk on its owners as nodes
 //! come and go, and drops surplus copies once every owner has confirmed its own.
 
 pub mod chunk;
 pub mod place;
-pub mod summary;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -23,8 +22,8 @@ use tracing::{info, warn};
 
 use crate::models::LocalModels;
 use crate::store::Store;
+use atmosphere_routing::summary::{self, Summary};
 use place::{ChunkId, owners};
-use summary::Summary;
 
 pub const WORK_KIND: &str = "knowledge";
 pub const RECORD_KEY: &str = "knowledge";
@@ -45,6 +44,8 @@ const SEARCH_TIMEOUT: Duration = Duration::from_secs(5);
 const MARGIN: f32 = 0.25;
 /// How often the maintenance loop checks placement even without a membership change.
 const REBALANCE_EVERY: Duration = Duration::from_secs(15);
+/// How long the summary waits after a change before it is computed and announced.
+const ANNOUNCE_DEBOUNCE: Duration = Duration::from_secs(1);
 /// How often it looks at membership.
 const WATCH_EVERY: Duration = Duration::from_millis(500);
 /// The largest PDF read (its text is extracted in memory).
@@ -311,6 +312,8 @@ struct Inner {
     replicas: usize,
     held: RwLock<Vec<Held>>,
     peers: Mutex<HashMap<NodeId, Vec<Summary>>>,
+    /// This node's summaries, computed when first needed after a change.
+    own: Mutex<Option<Arc<Vec<Summary>>>>,
     /// Set when the chunks held here changed: the summary is announced again.
     dirty: tokio::sync::Notify,
 }
@@ -368,6 +371,7 @@ impl Knowledge {
                 replicas: replicas.max(1),
                 held: RwLock::new(held),
                 peers: Mutex::new(HashMap::new()),
+                own: Mutex::new(None),
                 dirty: tokio::sync::Notify::new(),
             }),
         })
@@ -395,7 +399,7 @@ impl Knowledge {
                 }
             }
             drop(held);
-            self.inner.dirty.notify_one();
+            self.changed();
         }
         Ok(new)
     }
@@ -584,8 +588,24 @@ impl Knowledge {
             .collect()
     }
 
-    /// This node's summaries of what it holds.
-    fn summaries(&self) -> Vec<Summary> {
+    /// The chunks held here changed: summaries are computed afresh and announced.
+    fn changed(&self) {
+        *self.inner.own.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.inner.dirty.notify_one();
+    }
+
+    /// This node's summaries of what it holds (cached until the chunks change).
+    fn summaries(&self) -> Arc<Vec<Summary>> {
+        let mut own = self.inner.own.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(summaries) = own.as_ref() {
+            return summaries.clone();
+        }
+        let fresh = Arc::new(self.compute_summaries());
+        *own = Some(fresh.clone());
+        fresh
+    }
+
+    fn compute_summaries(&self) -> Vec<Summary> {
         let held = self.held();
         let mut by_collection: BTreeMap<&str, (Vec<&[f32]>, HashSet<&str>)> = BTreeMap::new();
         for h in held.iter() {
@@ -772,7 +792,7 @@ impl Knowledge {
                 *copies.entry(*chunk).or_default() += 1;
             }
             let summaries = if *id == self.inner.mesh.id() {
-                self.summaries()
+                self.summaries().to_vec()
             } else {
                 peers.get(id).cloned().unwrap_or_default()
             };
@@ -868,7 +888,7 @@ impl Knowledge {
                 .write()
                 .unwrap_or_else(|e| e.into_inner())
                 .retain(|h| !gone.contains(&h.id));
-            self.inner.dirty.notify_one();
+            self.changed();
         }
         if moved > 0 || !drop.is_empty() {
             info!(
@@ -889,6 +909,8 @@ impl Knowledge {
             tokio::select! {
                 () = cancel.cancelled() => return,
                 () = self.inner.dirty.notified() => {
+                    // While chunks keep arriving, announce at most every second.
+                    tokio::time::sleep(ANNOUNCE_DEBOUNCE).await;
                     self.announce().await;
                     continue;
                 }
@@ -911,8 +933,11 @@ impl Knowledge {
     }
 
     async fn announce(&self) {
-        let summaries = self.summaries();
-        let bytes = serde_json::to_vec(&summaries).unwrap_or_default();
+        let this = self.clone();
+        let summaries = tokio::task::spawn_blocking(move || this.summaries())
+            .await
+            .unwrap_or_default();
+        let bytes = serde_json::to_vec(&*summaries).unwrap_or_default();
         if let Err(e) = self.inner.mesh.set_value(RECORD_KEY, bytes, false).await {
             warn!("cannot announce knowledge: {e}");
         }

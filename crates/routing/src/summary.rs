@@ -1,7 +1,8 @@
-//! What a node tells the mesh about the chunks it holds, per collection: how many chunks and
-//! documents, and up to [`CENTROIDS`] centroids of their embeddings (k-means, each quantised to
-//! one signed byte per dimension: 384 bytes). A querier sends its question only to the nodes whose
-//! centroids come near it. No I/O.
+//! Routing knowledge queries: what a node tells the mesh about the chunks it holds, per
+//! collection — how many chunks and documents, and up to [`CENTROIDS`] centroids of their
+//! embeddings (spherical k-means, each quantised to one signed byte per dimension: 384 bytes) —
+//! so a querier sends its question only to the nodes whose centroids come near it. No I/O; built
+//! optimised even in test builds, since the node runs it over every chunk it holds.
 
 use serde::{Deserialize, Serialize};
 
