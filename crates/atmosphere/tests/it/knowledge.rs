@@ -170,6 +170,28 @@ async fn documents_spread_over_three_nodes_answer_queries_and_survive_a_node_lea
         "{text}"
     );
 
+    // The same through the `rag:query` tool, called from C (it runs on the node that has it).
+    let (code, called) = post_json(
+        &format!("http://{}/v1/tools/rag:query/call", apis[2]),
+        &json!({"args": {"query": "Which VLAN do the smart home devices use?", "collection": "home"}}),
+    )
+    .await;
+    assert_eq!(code, 200, "{called}");
+    let passages = called["output"]["passages"].as_array().unwrap();
+    assert!(
+        passages
+            .iter()
+            .any(|p| p["text"].as_str().unwrap_or_default().contains("VLAN 20")),
+        "{called}"
+    );
+    assert!(
+        called["output"]["answer"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("Synthesis on: a"),
+        "{called}"
+    );
+
     // C dies: queries answer from the replicas at once; then C's chunks are copied again.
     c.kill().await;
     let (code, outcome) = post_json(

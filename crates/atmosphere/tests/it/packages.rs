@@ -116,7 +116,7 @@ async fn a_model_travels_by_mesh_and_by_stick_and_serves_with_the_network_cut() 
     nodes[0].restart().await;
     let ids: Vec<_> = nodes.iter().map(Proc::id).collect();
     let apis: Vec<String> = nodes.iter().map(Proc::api).collect();
-    kit::all_alive(&apis, &ids, Duration::from_secs(30)).await;
+    kit::all_alive(&apis, &ids, Duration::from_secs(60)).await;
     let a_api = nodes[0].api();
     assert_eq!(held(&nodes[0]).await, ["smollm2"]);
     let out = cli(&[
