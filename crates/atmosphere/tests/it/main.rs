@@ -12,3 +12,4 @@ mod packages;
 mod processes;
 mod tools;
 mod vision;
+mod zeroconf;
