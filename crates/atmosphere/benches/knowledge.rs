@@ -9,10 +9,14 @@
 #[allow(dead_code)]
 #[path = "../tests/it/kit.rs"]
 mod kit;
+#[allow(dead_code)]
+#[path = "common/procs.rs"]
+mod procs;
 
 use std::time::{Duration, Instant};
 
 use kit::*;
+use procs::{cpu_seconds, settle};
 use serde_json::{Value, json};
 
 const DOCS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/home");
@@ -20,37 +24,6 @@ const QUESTIONS: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/tests/fixtures/knowledge/questions.jsonl"
 );
-
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (ticks(11) + ticks(12)) / 100.0
-}
-
-/// Waits until the nodes are idle (they embed the router's descriptors after starting).
-async fn settle(nodes: &[&Proc]) {
-    let pids: Vec<u32> = nodes.iter().filter_map(|n| n.child.id()).collect();
-    eventually(Duration::from_secs(180), "the nodes are idle", || {
-        let pids = pids.clone();
-        async move {
-            let before: Vec<f64> = pids.iter().map(|p| cpu_seconds(*p)).collect();
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            let busy = pids
-                .iter()
-                .zip(before)
-                .any(|(p, b)| cpu_seconds(*p) - b > 0.025);
-            (!busy).then_some(())
-        }
-    })
-    .await;
-}
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]

@@ -8,64 +8,19 @@
 #[allow(dead_code)]
 #[path = "../tests/it/kit.rs"]
 mod kit;
+#[allow(dead_code)]
+#[path = "common/procs.rs"]
+mod procs;
 
 use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use kit::*;
+use procs::{cpu_seconds, peak_rss, rss, settle};
 use serde_json::{Value, json};
 
 const MIB: u64 = 1 << 20;
-
-/// Peak resident memory of a process so far, in MiB (VmHWM).
-fn peak_rss(pid: u32) -> Option<f64> {
-    field(pid, "VmHWM:")
-}
-
-fn rss(pid: u32) -> Option<f64> {
-    field(pid, "VmRSS:")
-}
-
-fn field(pid: u32, name: &str) -> Option<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with(name))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
-}
-
-/// CPU seconds a process has used (user + system).
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (ticks(11) + ticks(12)) / 100.0
-}
-
-/// Waits until the nodes are idle (a node embeds the router's descriptors after it starts): under
-/// 5% of a core each over half a second, so a measurement does not share the CPU with start-up.
-async fn settle(nodes: &[&Proc]) {
-    let pids: Vec<u32> = nodes.iter().filter_map(|n| n.child.id()).collect();
-    eventually(Duration::from_secs(120), "the nodes are idle", || {
-        let pids = pids.clone();
-        async move {
-            let before: Vec<f64> = pids.iter().map(|p| cpu_seconds(*p)).collect();
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            let busy = pids
-                .iter()
-                .zip(&before)
-                .any(|(p, b)| cpu_seconds(*p) - b > 0.025);
-            (!busy).then_some(())
-        }
-    })
-    .await;
-}
 
 fn write_model(path: &Path, size: u64) {
     let mut file = std::io::BufWriter::new(std::fs::File::create(path).unwrap());

@@ -164,17 +164,18 @@ impl Store {
         txn.commit().map_err(db_err)
     }
 
-    /// Stores chunks (id, encoded) not held yet; returns how many were new.
-    pub fn put_chunks(&self, chunks: &[ChunkRow]) -> Result<usize, StoreError> {
+    /// Stores chunks (id, encoded) not held yet; returns which of them were new (by position).
+    pub fn put_chunks(&self, chunks: &[ChunkRow]) -> Result<Vec<bool>, StoreError> {
         let txn = self.db.begin_write().map_err(db_err)?;
-        let mut new = 0;
+        let mut new = Vec::with_capacity(chunks.len());
         {
             let mut table = txn.open_table(CHUNKS).map_err(db_err)?;
             for (id, bytes) in chunks {
-                if table.get(id).map_err(db_err)?.is_none() {
+                let fresh = table.get(id).map_err(db_err)?.is_none();
+                if fresh {
                     table.insert(id, bytes.as_slice()).map_err(db_err)?;
-                    new += 1;
                 }
+                new.push(fresh);
             }
         }
         txn.commit().map_err(db_err)?;

@@ -384,21 +384,27 @@ impl Knowledge {
     /// Stores chunks here (those not held yet); returns how many were new.
     fn keep(&self, chunks: Vec<StoredChunk>) -> Result<usize, KnowledgeError> {
         let rows: Vec<(ChunkId, Vec<u8>)> = chunks.iter().map(|c| (c.id(), encode(c))).collect();
-        let new = self.inner.store.put_chunks(&rows)?;
+        // The database says which are new: a batch may repeat chunks already held.
+        let fresh = self.inner.store.put_chunks(&rows)?;
+        let added: Vec<Held> = chunks
+            .into_iter()
+            .zip(rows)
+            .zip(&fresh)
+            .filter(|(_, new)| **new)
+            .map(|((chunk, (id, _)), _)| Held {
+                id,
+                collection: chunk.collection.into(),
+                document: chunk.document.into(),
+                vector: chunk.embedding,
+            })
+            .collect();
+        let new = added.len();
         if new > 0 {
-            let mut held = self.inner.held.write().unwrap_or_else(|e| e.into_inner());
-            let known: HashSet<ChunkId> = held.iter().map(|h| h.id).collect();
-            for (chunk, (id, _)) in chunks.into_iter().zip(rows) {
-                if !known.contains(&id) {
-                    held.push(Held {
-                        id,
-                        collection: chunk.collection.into(),
-                        document: chunk.document.into(),
-                        vector: chunk.embedding,
-                    });
-                }
-            }
-            drop(held);
+            self.inner
+                .held
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend(added);
             self.changed();
         }
         Ok(new)
