@@ -377,7 +377,7 @@ pub async fn run(
         matter_view,
     });
 
-    let saver = tokio::spawn(save_peers_periodically(mesh.clone(), store.clone()));
+    let saver = tokio::spawn(remember_peers(mesh.clone(), store.clone()));
 
     on_ready(&Ready {
         id,
@@ -464,15 +464,17 @@ async fn dispatch(
     }
 }
 
-/// Remembers live peers every few seconds, so a restart can rejoin without mDNS or bootstrap.
-async fn save_peers_periodically(mesh: Mesh, store: Arc<Store>) {
-    let mut ticker = tokio::time::interval(Duration::from_secs(5));
+/// Remembers the live peers whenever they change (checked every second), so a restart can rejoin
+/// without mDNS or bootstrap even when the node dies seconds after joining.
+async fn remember_peers(mesh: Mesh, store: Arc<Store>) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    let mut saved_set: Vec<PeerAddr> = Vec::new();
     loop {
         ticker.tick().await;
         let Ok(status) = mesh.status().await else {
             return;
         };
-        let peers: Vec<PeerAddr> = status
+        let mut peers: Vec<PeerAddr> = status
             .nodes
             .iter()
             .filter(|n| !n.is_self && n.status == Status::Alive && !n.addrs.is_empty())
@@ -481,13 +483,16 @@ async fn save_peers_periodically(mesh: Mesh, store: Arc<Store>) {
                 addrs: n.addrs.clone(),
             })
             .collect();
-        if peers.is_empty() {
+        peers.sort_by_key(|p| p.id);
+        if peers.is_empty() || peers == saved_set {
             continue;
         }
         let store = store.clone();
-        let saved = tokio::task::spawn_blocking(move || store.save_peers(&peers)).await;
-        if let Ok(Err(e)) = saved {
-            warn!("could not remember peers: {e}");
+        let to_save = peers.clone();
+        match tokio::task::spawn_blocking(move || store.save_peers(&to_save)).await {
+            Ok(Ok(())) => saved_set = peers,
+            Ok(Err(e)) => warn!("could not remember peers: {e}"),
+            Err(_) => return,
         }
     }
 }

@@ -102,7 +102,10 @@ pub async fn start_with(
     command
         .arg("serve")
         .args(&args)
-        .env("ATMOSPHERE_LOG", "warn,mdns_sd=error")
+        .env(
+            "ATMOSPHERE_LOG",
+            std::env::var("ATMOSPHERE_TEST_LOG").unwrap_or_else(|_| "warn,mdns_sd=error".into()),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -234,21 +237,37 @@ pub fn status_of(status: &MeshStatus, id: NodeId) -> Option<Status> {
     status.nodes.iter().find(|n| n.id == id).map(|n| n.status)
 }
 
-/// Waits until the node at each API sees every id alive.
+/// Waits until the node at each API sees every id alive; on timeout, fails with what each node
+/// saw instead.
 pub async fn all_alive(apis: &[String], ids: &[NodeId], deadline: Duration) {
-    eventually(deadline, "every node sees every node alive", || async {
+    let view = || async {
+        let mut seen = Vec::new();
         for api in apis {
-            let status = status(api).await?;
-            if !ids
-                .iter()
-                .all(|id| status_of(&status, *id) == Some(Status::Alive))
-            {
-                return None;
-            }
+            let statuses: Vec<_> = match status(api).await {
+                Some(status) => ids.iter().map(|id| status_of(&status, *id)).collect(),
+                None => Vec::new(),
+            };
+            seen.push(statuses);
         }
-        Some(())
-    })
-    .await
+        seen
+    };
+    let give_up = tokio::time::Instant::now() + deadline;
+    loop {
+        let seen = view().await;
+        if seen
+            .iter()
+            .all(|s| s.len() == ids.len() && s.iter().all(|s| *s == Some(Status::Alive)))
+        {
+            return;
+        }
+        if tokio::time::Instant::now() > give_up {
+            panic!(
+                "timed out after {deadline:?} waiting for every node to see every node alive \
+                 (ids {ids:?}); each API saw: {seen:?}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Runs the CLI; returns stdout, failing the test on a non-zero exit.
