@@ -4,7 +4,7 @@
 //!
 //! `cargo bench -p atmosphere --profile dev --features llama-cpp --bench intents`
 
-#[allow(dead_code)]
+#[allow(dead_code, unused_imports)]
 #[path = "../tests/it/kit.rs"]
 mod kit;
 

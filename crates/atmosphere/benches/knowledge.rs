@@ -6,7 +6,7 @@
 //! `cargo bench -p atmosphere --profile dev --bench knowledge` (`KNOWLEDGE_COPIES` sets the corpus
 //! size: copies of the four Markdown documents, 250 by default).
 
-#[allow(dead_code)]
+#[allow(dead_code, unused_imports)]
 #[path = "../tests/it/kit.rs"]
 mod kit;
 #[allow(dead_code)]

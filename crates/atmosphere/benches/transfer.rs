@@ -5,7 +5,7 @@
 //!
 //! `cargo bench -p atmosphere --profile dev --features llama-cpp --bench transfer`
 
-#[allow(dead_code)]
+#[allow(dead_code, unused_imports)]
 #[path = "../tests/it/kit.rs"]
 mod kit;
 #[allow(dead_code)]
