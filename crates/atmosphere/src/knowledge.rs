@@ -53,7 +53,7 @@ pub async fn run(command: KnowledgeCommand, client: &Client, json: bool) -> Resu
                     },
                 )
                 .await?;
-            follow(response, json).await
+            follow(response, json, true).await
         }
         KnowledgeCommand::Query {
             text,
@@ -171,7 +171,9 @@ pub async fn run(command: KnowledgeCommand, client: &Client, json: bool) -> Resu
 
 /// Follows an `add`: a bar per document on stderr (or each event on stdout with `--json`), a
 /// line per document done; fails if any document failed.
-async fn follow(mut response: reqwest::Response, json: bool) -> Result<()> {
+/// Reads an add's progress to its end: a bar per document and a line when each is placed (or
+/// the events as JSON lines with `json`; nothing at all unless `echo`).
+pub(crate) async fn follow(mut response: reqwest::Response, json: bool, echo: bool) -> Result<()> {
     let mut pending = Vec::new();
     let mut bar: Option<indicatif::ProgressBar> = None;
     let mut failed = Vec::new();
@@ -186,11 +188,11 @@ async fn follow(mut response: reqwest::Response, json: bool) -> Result<()> {
             let line: Vec<u8> = pending.drain(..=end).collect();
             let event: Value = serde_json::from_slice(&line)
                 .context("the node's progress is not what this CLI expects")?;
-            if json {
+            if json && echo {
                 println!("{}", String::from_utf8_lossy(&line).trim_end());
             }
             match event["event"].as_str() {
-                Some("reading") if !json => {
+                Some("reading") if !json && echo => {
                     let total = event["total"].as_u64().unwrap_or(0);
                     let b = bar.get_or_insert_with(|| {
                         let b = indicatif::ProgressBar::with_draw_target(
@@ -213,7 +215,7 @@ async fn follow(mut response: reqwest::Response, json: bool) -> Result<()> {
                     if let Some(b) = bar.take() {
                         b.finish_and_clear();
                     }
-                    if !json {
+                    if !json && echo {
                         let placed: Vec<String> = event["placed"]
                             .as_object()
                             .into_iter()
@@ -234,7 +236,7 @@ async fn follow(mut response: reqwest::Response, json: bool) -> Result<()> {
                         b.finish_and_clear();
                     }
                     let error = event["error"].as_str().unwrap_or_default().to_owned();
-                    if !json {
+                    if !json && echo {
                         eprintln!("failed: {error}");
                     }
                     failed.push(error);

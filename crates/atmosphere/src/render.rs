@@ -276,7 +276,16 @@ pub fn intent(outcome: &atmosphere_node::intent::IntentOutcome) -> String {
         result.node,
         ranked.map_or_else(|| decision.capability.clone(), label)
     );
-    let _ = writeln!(out, "← Result: {:?}", result.text);
+    let text = result.text.trim();
+    if text.contains('\n') {
+        // A trace and an answer (RAG: where the chunks came from, the answer, its sources).
+        let _ = writeln!(out, "← Result:");
+        for line in text.lines() {
+            let _ = writeln!(out, "  {line}");
+        }
+    } else {
+        let _ = writeln!(out, "← Result: {text:?}");
+    }
     out
 }
 

@@ -19,7 +19,7 @@ use llama_cpp_2::token::LlamaToken;
 
 use crate::llm::{
     ChatFormat, ChatMessage, Completion, GenerateOptions, Generation, LlmError, ModelInfo,
-    StopReason, read_header,
+    REPEAT_WINDOW, StopReason, read_header,
 };
 
 /// Threads per decode step: on 2 cores one thread leaves the other to the node (spinning
@@ -156,10 +156,20 @@ impl LlamaCppModel {
                 .map_err(|e| engine("prompt", &e))?;
         }
 
+        let mut chain = Vec::new();
+        if options.repeat_penalty != 1.0 {
+            chain.push(LlamaSampler::penalties(
+                self.model.n_vocab(),
+                REPEAT_WINDOW as i32,
+                options.repeat_penalty,
+                0.0,
+                0.0,
+            ));
+        }
         let mut sampler = if options.temperature <= 0.0 {
-            LlamaSampler::greedy()
+            chain.push(LlamaSampler::greedy());
+            LlamaSampler::chain_simple(chain)
         } else {
-            let mut chain = Vec::new();
             if let Some(p) = options.top_p {
                 chain.push(LlamaSampler::top_p(p as f32, 1));
             }

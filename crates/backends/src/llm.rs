@@ -137,7 +137,15 @@ pub struct GenerateOptions {
     pub seed: u64,
     /// Generation stops before any of these strings.
     pub stop: Vec<String>,
+    /// Divides (or, for negative logits, multiplies) the logit of each token among the last
+    /// [`REPEAT_WINDOW`] generated ones: 1.0 turns it off. Small models decoding greedily loop on
+    /// a phrase without it (Gemma 3 270M repeats its first sentence to the token limit).
+    pub repeat_penalty: f32,
 }
+
+/// How many of the last generated tokens the repeat penalty looks at (llama.cpp's and Ollama's
+/// default window).
+pub const REPEAT_WINDOW: usize = 64;
 
 impl Default for GenerateOptions {
     fn default() -> Self {
@@ -147,6 +155,7 @@ impl Default for GenerateOptions {
             top_p: None,
             seed: 299_792_458,
             stop: Vec::new(),
+            repeat_penalty: 1.1,
         }
     }
 }
@@ -348,6 +357,14 @@ impl GgufModel {
         let mut completion = Completion::new(&options.stop);
         let mut stop_reason = StopReason::MaxTokens;
         while generated.len() < options.max_tokens {
+            if options.repeat_penalty != 1.0 && !generated.is_empty() {
+                let window = &generated[generated.len().saturating_sub(REPEAT_WINDOW)..];
+                logits = candle_transformers::utils::apply_repeat_penalty(
+                    &logits,
+                    options.repeat_penalty,
+                    window,
+                )?;
+            }
             let next = sampler.sample(&logits)?;
             first_token.get_or_insert_with(|| started.elapsed());
             if self.stop_ids.contains(&next) {
@@ -452,7 +469,15 @@ impl ChatFormat {
                 })
             })
             .map_err(|e| LlmError::Template(e.to_string()))?;
-        Ok(rendered)
+        // Templates that open with `{{ bos_token }}` (Gemma's) would put a second BOS after the
+        // one both engines add when tokenizing; a doubled BOS derails small models (Gemma 3
+        // 270M echoed the question, then looped).
+        match self.bos.as_deref().filter(|b| !b.is_empty()) {
+            Some(bos) => Ok(rendered
+                .strip_prefix(bos)
+                .map_or_else(|| rendered.clone(), str::to_owned)),
+            None => Ok(rendered),
+        }
     }
 }
 
@@ -681,4 +706,25 @@ fn bpe_from_gguf(content: &gguf_file::Content, types: &[i32]) -> Result<Tokenize
         .add_special_tokens(special)
         .map_err(|e| format!("special tokens: {e}"))?;
     Ok(tokenizer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_template_opening_with_bos_leaves_the_bos_to_the_tokenizer() {
+        let format = ChatFormat {
+            template: Some(
+                "{{ bos_token }}{% for m in messages %}<start_of_turn>{{ m['role'] }}\n\
+                 {{ m['content'] }}<end_of_turn>\n{% endfor %}"
+                    .into(),
+            ),
+            bos: Some("<bos>".into()),
+            eos: None,
+            architecture: "gemma3".into(),
+        };
+        let prompt = format.render(&[ChatMessage::user("hi")]).unwrap();
+        assert_eq!(prompt, "<start_of_turn>user\nhi<end_of_turn>\n");
+    }
 }

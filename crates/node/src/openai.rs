@@ -239,6 +239,8 @@ pub async fn chat_completions(
             Some(StopField::Many(stops)) => stops.into_iter().take(8).collect(),
             None => Vec::new(),
         },
+        // The in-process engines' repeat penalty (OpenAI's API has no such field).
+        ..GenerateOptions::default()
     };
     let created = atmosphere_auth::unix_now();
     let id = format!("chatcmpl-{created:x}{:04x}", rand::random::<u16>());

@@ -705,14 +705,17 @@ impl Knowledge {
                         Err(e) => Err(e),
                     }
                 };
-                (name.clone(), *score, ms(asked_at), result)
+                (*id, name.clone(), *score, ms(asked_at), result)
             }
         });
         let answers = futures_util::future::join_all(asks).await;
         let mut asked = Vec::new();
-        let mut merged: HashMap<ChunkId, Hit> = HashMap::new();
+        // Every copy each node returned; a chunk found on several nodes is credited to its first
+        // owner among them (rendezvous order), so the answer names where placement serves it
+        // from rather than whichever node happened to be listed first.
+        let mut copies: HashMap<ChunkId, Vec<(NodeId, Hit)>> = HashMap::new();
         let (mut bytes_out, mut bytes_in) = (0, 0);
-        for (node, relevance, took, result) in answers {
+        for (id, node, relevance, took, result) in answers {
             match result {
                 Ok((hits, sent, received)) => {
                     bytes_out += sent;
@@ -730,7 +733,7 @@ impl Knowledge {
                             continue;
                         }
                         hit.node = node.clone();
-                        merged.entry(hit.id).or_insert(hit);
+                        copies.entry(hit.id).or_default().push((id, hit));
                     }
                 }
                 Err(error) => asked.push(Asked {
@@ -750,7 +753,15 @@ impl Knowledge {
                 .collect();
             return Err(KnowledgeError::AllFailed(errors.join("; ")));
         }
-        let mut hits: Vec<Hit> = merged.into_values().collect();
+        let mut hits: Vec<Hit> = copies
+            .into_iter()
+            .filter_map(|(chunk, mut found)| {
+                let holders: Vec<NodeId> = found.iter().map(|(id, _)| *id).collect();
+                let first = owners(&chunk, &holders, 1).first().copied();
+                let at = found.iter().position(|(id, _)| Some(*id) == first)?;
+                Some(found.swap_remove(at).1)
+            })
+            .collect();
         hits.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.id.cmp(&b.id)));
         hits.truncate(k);
         for hit in &hits {
