@@ -44,6 +44,8 @@ pub struct ApiState {
     pub matter: Option<std::sync::Arc<atmosphere_matter::Controller>>,
     /// Every bridge's devices, as gossiped.
     pub matter_view: crate::bridge::MatterView,
+    /// The last intents said here, for the dashboard.
+    pub recent_intents: crate::dashboard::RecentIntents,
 }
 
 /// An API error: a status code and a JSON body `{ "error": kind, "message": text }`.
@@ -241,6 +243,8 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 pub fn router(state: ApiState) -> Router {
     Router::new()
+        .route("/", get(crate::dashboard::page))
+        .route("/v1/dashboard/stream", get(crate::dashboard::stream))
         .route("/v1/health", get(health))
         .route("/v1/node", get(node))
         .route("/v1/mesh/status", get(status))
@@ -553,7 +557,11 @@ async fn intent(
             ),
         });
     }
-    Ok(Json(intents(&state)?.run(&request).await?))
+    let outcome = intents(&state)?.run(&request).await?;
+    if !request.dry_run {
+        state.recent_intents.record(&outcome, &request.text);
+    }
+    Ok(Json(outcome))
 }
 
 /// Body of `POST /v1/route`: intents to route without running.
@@ -734,6 +742,7 @@ mod tests {
             knowledge: None,
             matter: None,
             matter_view: Default::default(),
+            recent_intents: Default::default(),
         })
     }
 

@@ -375,6 +375,7 @@ pub async fn run(
         knowledge: Some(knowledge),
         matter,
         matter_view,
+        recent_intents: Default::default(),
     });
 
     let saver = tokio::spawn(remember_peers(mesh.clone(), store.clone()));

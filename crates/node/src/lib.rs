@@ -8,6 +8,7 @@ pub mod bridge;
 pub mod config;
 pub mod configsync;
 pub mod daemon;
+pub mod dashboard;
 pub mod identity;
 pub mod intent;
 pub mod knowledge;

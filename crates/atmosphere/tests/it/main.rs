@@ -4,6 +4,7 @@
 mod agents;
 mod auth;
 mod cli;
+mod dashboard;
 mod demo;
 mod kit;
 mod knowledge;
