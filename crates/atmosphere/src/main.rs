@@ -7,6 +7,7 @@ mod llm;
 mod matter;
 mod packages;
 mod render;
+mod service;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -102,6 +103,9 @@ enum Command {
     /// mesh, export to and import from a directory (USB stick); imported models are served.
     #[command(subcommand)]
     Model(ModelCommand),
+    /// Run a node as a systemd service: write the unit, or print it.
+    #[command(subcommand)]
+    Service(service::ServiceCommand),
     /// Route intents without running them: one per line on stdin, one JSON line per intent out
     /// (`text`, `capability`, `class`, `node`, `score`, `fallback`), using this node's live catalog.
     Route {
@@ -430,6 +434,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
             render::output(json, &version, |v| v.text.clone())
         }
         Command::Demo(args) => demo::run(args, json).await,
+        Command::Service(command) => service::run(command, json),
         Command::Intent {
             text,
             dry_run,

@@ -6,6 +6,7 @@ mod auth;
 mod cli;
 mod dashboard;
 mod demo;
+mod docs;
 mod kit;
 mod knowledge;
 mod lan;
