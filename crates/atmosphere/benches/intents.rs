@@ -262,5 +262,22 @@ async fn main() {
         "| route decisions per second, one node, 4 clients, repeated intents | {per_second:.0} |"
     );
     println!("| router ready (descriptors embedded) | {router_ready:.2?} |");
+    // One line per Appendix B target, gathered by scripts/bench into the report's summary.
+    let verdict = |met: bool| if met { "met" } else { "MISSED" };
+    let local = percentile(&server_ms, 0.99);
+    println!(
+        "\ntarget: Routing latency, local (route decision, p99) | {local:.1} ms | < 50 ms | {}",
+        verdict(local < 50.0)
+    );
+    let remote = percentile(&server_ms, 0.99) + percentile(&overhead_ms, 0.99);
+    println!(
+        "target: Routing latency, remote (decision + 1 hop, p99, model time excluded) | {remote:.1} ms | < 200 ms | {}",
+        verdict(remote < 200.0)
+    );
+    let wake = percentile(&first_action_us, 0.99) / 1000.0;
+    println!(
+        "target: Agent wake time (intent match to first action, p99) | {wake:.2} ms | < 100 ms | {}",
+        verdict(wake < 100.0)
+    );
     drop((mac, dell));
 }

@@ -116,7 +116,10 @@ impl VerifiedToken {
     /// True once 2/3 of the lifetime has passed: time to renew.
     pub fn should_renew(&self, now: u64) -> bool {
         let lifetime = self.claims.expires_at.saturating_sub(self.claims.issued_at);
-        now >= self.claims.issued_at + lifetime * 2 / 3
+        now >= self
+            .claims
+            .issued_at
+            .saturating_add(lifetime / 3 * 2 + lifetime % 3 * 2 / 3)
     }
 }
 
@@ -395,6 +398,11 @@ mod tests {
         let verified = token.verify_signature(&authority.mesh_id(), NOW).unwrap();
         assert!(!verified.should_renew(NOW + 199));
         assert!(verified.should_renew(NOW + 200));
+        // A token that never expires (the longest TTL the API takes) has no overflow in it.
+        let forever = Token::issue(&authority, &claims(&authority, 2, u64::MAX - NOW));
+        let verified = forever.verify_signature(&authority.mesh_id(), NOW).unwrap();
+        assert!(!verified.should_renew(NOW + 1_000_000_000));
+        assert!(verified.should_renew(u64::MAX));
     }
 
     proptest! {

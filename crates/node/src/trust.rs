@@ -345,7 +345,7 @@ impl TrustService {
             authority,
             issued_at: now,
             not_before: now,
-            expires_at: now + ttl.as_secs().max(1),
+            expires_at: now.saturating_add(ttl.as_secs().max(1)),
         }
     }
 
@@ -395,7 +395,7 @@ impl TrustService {
             state.mesh.clone().ok_or(TrustError::NotMember)?
         };
         let secret: [u8; 16] = rand::random();
-        let expires_at = unix_now() + ttl.as_secs().max(1);
+        let expires_at = unix_now().saturating_add(ttl.as_secs().max(1));
         self.store.add_invite(&secret_hash(&secret), expires_at)?;
         let addrs = self
             .mesh

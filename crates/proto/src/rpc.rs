@@ -92,6 +92,8 @@ pub enum ErrorCode {
     Internal,
     /// The sender is not admitted (no token, or a bad one), or may not do this.
     Unauthorized,
+    /// The sender is over its request rate: the request was not read; slow down and retry.
+    RateLimited,
 }
 
 /// The answer to a [`Request`].

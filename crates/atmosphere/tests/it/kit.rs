@@ -394,3 +394,118 @@ pub async fn webhook_receiver() -> (String, tokio::sync::oneshot::Receiver<serde
     });
     (url, rx)
 }
+
+/// What a wave of concurrent requests gave.
+#[derive(Debug, Clone)]
+pub struct Wave {
+    pub sent: usize,
+    /// Requests answered with success and a result; the rest are in `failures`.
+    pub answered: usize,
+    pub failures: Vec<String>,
+    /// Latency of every answered request, sorted, in milliseconds.
+    pub latencies_ms: Vec<f64>,
+    pub elapsed: Duration,
+}
+
+impl Wave {
+    pub fn percentile(&self, p: f64) -> f64 {
+        let sorted = &self.latencies_ms;
+        if sorted.is_empty() {
+            return 0.0;
+        }
+        sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+    }
+
+    pub fn per_second(&self) -> f64 {
+        self.answered as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Intents a node answers without a model: the machines' health, worded many ways.
+const LOAD_INTENTS: [&str; 8] = [
+    "how much free memory is there on",
+    "what's the cpu usage of",
+    "how full is the disk of",
+    "is everything healthy on",
+    "show me the status of",
+    "what's the load on",
+    "how long has it been running,",
+    "is any machine overloaded near",
+];
+
+/// Sends `n` requests at once over the nodes at `apis` (round robin): even ones are intents
+/// (each worded differently, so each is embedded and routed afresh), odd ones are `system:health`
+/// tool calls run on the *next* node — work that crosses the mesh. Every request must come back
+/// once, with its own answer.
+pub async fn load_wave(apis: &[String], names: &[String], n: usize) -> Wave {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .pool_max_idle_per_host(256)
+        .build()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let (client, api) = (client.clone(), apis[i % apis.len()].clone());
+        let next = names[(i + 1) % names.len()].clone();
+        tasks.spawn(async move {
+            let sent = std::time::Instant::now();
+            let outcome: Result<(), String> = async {
+                if i % 2 == 0 {
+                    let text = format!("{} machine {i}?", LOAD_INTENTS[i % LOAD_INTENTS.len()]);
+                    let response = client
+                        .post(format!("http://{api}/v1/intent"))
+                        .json(&serde_json::json!({"text": text}))
+                        .send()
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let status = response.status();
+                    let body: serde_json::Value =
+                        response.json().await.map_err(|e| e.to_string())?;
+                    if !status.is_success() || body["result"]["text"].as_str().is_none() {
+                        return Err(format!("intent {i}: {status} {body}"));
+                    }
+                    if body["decision"]["text"] != text.as_str() {
+                        return Err(format!("intent {i} answered for another request: {body}"));
+                    }
+                } else {
+                    let response = client
+                        .post(format!("http://{api}/v1/tools/system:health/call"))
+                        .json(&serde_json::json!({"args": {}, "node": next}))
+                        .send()
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let status = response.status();
+                    let body: serde_json::Value =
+                        response.json().await.map_err(|e| e.to_string())?;
+                    if !status.is_success() || body["node"] != next.as_str() {
+                        return Err(format!("tool call {i}: {status} {body}"));
+                    }
+                }
+                Ok(())
+            }
+            .await;
+            (outcome, sent.elapsed().as_secs_f64() * 1000.0)
+        });
+    }
+    let mut wave = Wave {
+        sent: n,
+        answered: 0,
+        failures: Vec::new(),
+        latencies_ms: Vec::with_capacity(n),
+        elapsed: Duration::ZERO,
+    };
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok((Ok(()), ms)) => {
+                wave.answered += 1;
+                wave.latencies_ms.push(ms);
+            }
+            Ok((Err(e), _)) => wave.failures.push(e),
+            Err(e) => wave.failures.push(format!("task: {e}")),
+        }
+    }
+    wave.elapsed = started.elapsed();
+    wave.latencies_ms.sort_by(f64::total_cmp);
+    wave
+}

@@ -512,7 +512,9 @@ async fn intents_route_by_capability_and_model_size_and_survive_a_lost_node() {
         out.contains("→ Routed to: Mac-Studio (local, llm/135M, 0 hops)"),
         "{out}"
     );
-    assert!(out.contains("← Result: "), "{out}");
+    // One line quoted, or a multi-line answer indented below the arrow.
+    let answer = out.split_once("← Result:").map(|(_, rest)| rest.trim());
+    assert!(answer.is_some_and(|a| !a.is_empty()), "{out}");
 
     // The OpenAI front door: `auto` routes by intent and says where in a header; a model only
     // another node serves runs there.

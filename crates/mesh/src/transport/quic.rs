@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use atmosphere_proto::frame::{self, HEADER_BYTES};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use atmosphere_proto::{ErrorCode, NodeId, Request, Response};
 use iroh::endpoint::{Connection, QuicTransportConfig, RecvStream, SendStream, presets};
@@ -37,6 +37,75 @@ pub struct QuicConfig {
     pub connect_timeout: Duration,
     /// Requests handled at once per connection; more wait for a stream.
     pub max_streams_per_peer: u32,
+    /// How much a peer may ask of us before it is slowed down or cut off.
+    pub policy: PeerPolicy,
+}
+
+/// What a connection may do before it is refused or closed: a token bucket of requests, a cap
+/// on malformed frames and a deadline for a request to arrive. A flooding or broken peer loses
+/// its own connection; the others do not notice.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerPolicy {
+    /// Requests per second a connection may sustain.
+    pub requests_per_sec: f64,
+    /// Requests it may send at once above that rate.
+    pub burst: f64,
+    /// Requests refused for rate that the peer may ignore before its connection is closed.
+    pub max_refusals: u32,
+    /// Malformed or oversized frames before its connection is closed.
+    pub max_bad_frames: u32,
+    /// A request must arrive whole within this time of its stream opening.
+    pub request_timeout: Duration,
+}
+
+impl Default for PeerPolicy {
+    fn default() -> Self {
+        // A model pull keeps 6 chunk requests in flight; a busy node answers a few hundred
+        // routed intents and tool calls a second. Ten times that is not a peer at work.
+        Self {
+            requests_per_sec: 2000.0,
+            burst: 4000.0,
+            max_refusals: 2000,
+            max_bad_frames: 16,
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The token bucket of one connection.
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    refilled: tokio::time::Instant,
+}
+
+impl Bucket {
+    fn new(policy: &PeerPolicy) -> Self {
+        Self {
+            tokens: policy.burst,
+            refilled: tokio::time::Instant::now(),
+        }
+    }
+
+    /// Takes a token if there is one.
+    fn take(&mut self, policy: &PeerPolicy) -> bool {
+        let now = tokio::time::Instant::now();
+        let elapsed = now.duration_since(self.refilled).as_secs_f64();
+        self.refilled = now;
+        self.tokens = (self.tokens + elapsed * policy.requests_per_sec).min(policy.burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// What one connection has done wrong so far (shared by its stream tasks).
+#[derive(Debug, Default)]
+struct Strikes {
+    bad_frames: AtomicU32,
 }
 
 impl QuicConfig {
@@ -47,6 +116,7 @@ impl QuicConfig {
             idle_timeout: Duration::from_secs(8),
             connect_timeout: Duration::from_secs(3),
             max_streams_per_peer: 128,
+            policy: PeerPolicy::default(),
         }
     }
 }
@@ -92,6 +162,8 @@ struct Inner {
 
 /// Close code used when a peer is refused; the reason travels with it.
 const CLOSE_REFUSED: u32 = 403;
+/// Close code used when a peer floods us or keeps sending what cannot be read.
+const CLOSE_MISBEHAVING: u32 = 429;
 
 /// Converts between our wire id and iroh's key type; every 32-byte id from a live connection is
 /// a valid key, so this only fails for ids that came from elsewhere.
@@ -236,22 +308,55 @@ impl Inner {
         connection: Connection,
         admitted: Arc<AtomicBool>,
     ) {
+        let policy = &self.config.policy;
+        let mut bucket = Bucket::new(policy);
+        let mut refusals = 0u32;
+        let strikes = Arc::new(Strikes::default());
         loop {
             let stream = tokio::select! {
                 biased;
                 _ = self.cancel.cancelled() => break,
                 stream = connection.accept_bi() => stream,
             };
-            let (send, recv) = match stream {
+            let (mut send, recv) = match stream {
                 Ok(streams) => streams,
                 Err(e) => {
                     debug!(peer = %peer.short(), "connection ended: {e}");
                     break;
                 }
             };
-            let (this, connection, admitted) = (self.clone(), connection.clone(), admitted.clone());
+            if !bucket.take(policy) {
+                refusals += 1;
+                if refusals > policy.max_refusals {
+                    let reason = format!(
+                        "flooding: over {} requests/s after {} refusals",
+                        policy.requests_per_sec, policy.max_refusals
+                    );
+                    warn!(peer = %peer.short(), "closing the connection: {reason}");
+                    connection.close(CLOSE_MISBEHAVING.into(), reason.as_bytes());
+                    break;
+                }
+                // Answered without reading the request: refusing must cost less than serving.
+                let max = self.config.max_frame_bytes;
+                let limit = policy.requests_per_sec;
+                self.tasks.spawn(async move {
+                    let refusal = Response::Error {
+                        code: ErrorCode::RateLimited,
+                        message: format!("rate limited: over {limit} requests/s; slow down"),
+                    };
+                    let _ = write_frame(&mut send, &refusal, max).await;
+                    drop(recv);
+                });
+                continue;
+            }
+            let (this, connection, admitted, strikes) = (
+                self.clone(),
+                connection.clone(),
+                admitted.clone(),
+                strikes.clone(),
+            );
             self.tasks.spawn(async move {
-                this.serve_stream(peer, &connection, &admitted, send, recv)
+                this.serve_stream(peer, &connection, &admitted, &strikes, send, recv)
                     .await
             });
         }
@@ -270,11 +375,33 @@ impl Inner {
         peer: NodeId,
         connection: &Connection,
         admitted: &AtomicBool,
+        strikes: &Strikes,
         mut send: SendStream,
         mut recv: RecvStream,
     ) {
         let mut refused = None;
-        let response = match read_frame::<Request>(&mut recv, self.config.max_frame_bytes).await {
+        let policy = &self.config.policy;
+        let read = tokio::time::timeout(
+            policy.request_timeout,
+            read_frame::<Request>(&mut recv, self.config.max_frame_bytes),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(TransportError::Timeout {
+                peer: peer.short(),
+                after: policy.request_timeout,
+            })
+        });
+        if let Err(TransportError::Frame(_) | TransportError::Timeout { .. }) = &read {
+            let bad = strikes.bad_frames.fetch_add(1, Ordering::Relaxed) + 1;
+            if bad > policy.max_bad_frames {
+                let reason = format!("{bad} malformed, oversized or unfinished requests");
+                warn!(peer = %peer.short(), "closing the connection: {reason}");
+                connection.close(CLOSE_MISBEHAVING.into(), reason.as_bytes());
+                return;
+            }
+        }
+        let response = match read {
             Ok(Request::Hello { token }) => match self.handshake(peer, &token) {
                 Ok(welcome) => {
                     admitted.store(true, Ordering::Release);

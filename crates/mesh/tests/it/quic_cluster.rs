@@ -4,18 +4,26 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use atmosphere_mesh::transport::Transport;
-use atmosphere_mesh::transport::quic::{QuicConfig, QuicTransport};
+use atmosphere_mesh::transport::quic::{PeerPolicy, QuicConfig, QuicTransport};
 use atmosphere_mesh::{Mesh, MeshConfig, PeerAddr};
 use atmosphere_proto::{Request, Response};
 
 use crate::kit::*;
 
 async fn start_quic(name: &str, bootstrap: Vec<PeerAddr>) -> (Mesh, std::sync::Arc<QuicTransport>) {
+    start_quic_with(name, bootstrap, PeerPolicy::default()).await
+}
+
+async fn start_quic_with(
+    name: &str,
+    bootstrap: Vec<PeerAddr>,
+    policy: PeerPolicy,
+) -> (Mesh, std::sync::Arc<QuicTransport>) {
     let listen: SocketAddr = "127.0.0.1:0".parse().unwrap();
     let key = iroh::SecretKey::generate();
-    let (transport, incoming_rx) = QuicTransport::bind(key, QuicConfig::new(listen))
-        .await
-        .unwrap();
+    let mut quic = QuicConfig::new(listen);
+    quic.policy = policy;
+    let (transport, incoming_rx) = QuicTransport::bind(key, quic).await.unwrap();
     let mut config = MeshConfig::for_test(name);
     config.bootstrap = bootstrap;
     config.capabilities = caps(&["llm"]);
@@ -62,10 +70,11 @@ async fn three_quic_nodes_converge_and_relay() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_peer_sending_garbage_gets_an_error_and_the_node_lives_on() {
-    let (a, ta) = start_quic("a", vec![]).await;
-    // A raw iroh client that speaks our ALPN but sends a frame of a future protocol version.
+/// A raw iroh client that speaks our ALPN and nothing else of ours, connected to `mesh`.
+async fn raw_client(
+    mesh: &Mesh,
+    transport: &QuicTransport,
+) -> (iroh::Endpoint, iroh::endpoint::Connection) {
     let client = iroh::Endpoint::builder(iroh::endpoint::presets::Minimal)
         .relay_mode(iroh::RelayMode::Disabled)
         .clear_ip_transports()
@@ -75,13 +84,118 @@ async fn a_peer_sending_garbage_gets_an_error_and_the_node_lives_on() {
         .await
         .unwrap();
     let addr = iroh::EndpointAddr::from_parts(
-        atmosphere_mesh::transport::quic::endpoint_id(&a.id()).unwrap(),
-        ta.local_addrs().into_iter().map(iroh::TransportAddr::Ip),
+        atmosphere_mesh::transport::quic::endpoint_id(&mesh.id()).unwrap(),
+        transport
+            .local_addrs()
+            .into_iter()
+            .map(iroh::TransportAddr::Ip),
     );
     let connection = client
         .connect(addr, atmosphere_mesh::transport::quic::ALPN)
         .await
         .unwrap();
+    (client, connection)
+}
+
+/// Sends raw bytes as one request; returns the decoded answer, or `None` if the stream or the
+/// connection was closed instead.
+async fn raw_call(connection: &iroh::endpoint::Connection, bytes: &[u8]) -> Option<Response> {
+    let (mut send, mut recv) = connection.open_bi().await.ok()?;
+    send.write_all(bytes).await.ok()?;
+    send.finish().ok()?;
+    let reply = recv.read_to_end(1 << 20).await.ok()?;
+    atmosphere_proto::frame::decode(&reply, 1 << 20).ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_peer_is_refused_then_cut_off_and_the_others_do_not_notice() {
+    let policy = PeerPolicy {
+        requests_per_sec: 200.0,
+        burst: 200.0,
+        max_refusals: 3000,
+        ..PeerPolicy::default()
+    };
+    let (a, ta) = start_quic_with("a", vec![], policy).await;
+    let seed = PeerAddr {
+        id: a.id(),
+        addrs: ta.local_addrs(),
+    };
+    let (b, tb) = start_quic("b", vec![seed]).await;
+    all_see_alive(&[&a, &b], &[a.id(), b.id()], Duration::from_secs(15)).await;
+
+    let (client, connection) = raw_client(&a, &ta).await;
+    let ping = atmosphere_proto::frame::encode(&Request::Ping { nonce: 1 }, 1 << 20).unwrap();
+    let (pongs, limited) = (
+        std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0)),
+        std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0)),
+    );
+    let mut flooders = tokio::task::JoinSet::new();
+    for _ in 0..32 {
+        let (connection, ping, pongs, limited) = (
+            connection.clone(),
+            ping.clone(),
+            pongs.clone(),
+            limited.clone(),
+        );
+        flooders.spawn(async move {
+            // Until the node hangs up on us.
+            while let Some(answer) = raw_call(&connection, &ping).await {
+                let counter = match answer {
+                    Response::Pong { .. } => &pongs,
+                    Response::Error {
+                        code: atmosphere_proto::ErrorCode::RateLimited,
+                        ..
+                    } => &limited,
+                    other => panic!("unexpected answer to a flood: {other:?}"),
+                };
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        });
+    }
+    // While the flood lasts, an honest peer is served as usual.
+    for nonce in 0..20 {
+        let answer = tb
+            .call(a.id(), &Request::Ping { nonce }, Duration::from_secs(2))
+            .await
+            .expect("an honest peer is answered during the flood");
+        assert_eq!(answer, Response::Pong { nonce });
+    }
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while flooders.join_next().await.is_some() {}
+    })
+    .await
+    .expect("the flooder is cut off");
+    let closed = connection.close_reason().expect("the connection is closed");
+    assert!(closed.to_string().contains("flooding"), "{closed}");
+    let limited = limited.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(limited > 0, "no request was refused for rate");
+    // Not one "down" verdict about the honest peer, before or after.
+    let view = a.status().await.unwrap();
+    assert!(
+        view.nodes
+            .iter()
+            .any(|n| n.id == b.id() && n.status == atmosphere_mesh::Status::Alive),
+        "{view:?}"
+    );
+    assert_eq!(
+        tb.call(a.id(), &Request::Ping { nonce: 99 }, Duration::from_secs(2))
+            .await
+            .unwrap(),
+        Response::Pong { nonce: 99 }
+    );
+    client.close().await;
+    for (mesh, transport) in [(a, ta), (b, tb)] {
+        mesh.shutdown();
+        transport.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_sending_garbage_gets_an_error_and_the_node_lives_on() {
+    let (a, ta) = start_quic("a", vec![]).await;
+    // A raw client that sends frames of a future protocol version, undecodable bodies, oversized
+    // lengths.
+    let (client, connection) = raw_client(&a, &ta).await;
     for bad in [
         vec![0, 0, 0, 3, 9, 1, 2],             // unknown version
         vec![0, 0, 0, 4, 1, 0xff, 0xff, 0xff], // undecodable body
@@ -96,6 +210,26 @@ async fn a_peer_sending_garbage_gets_an_error_and_the_node_lives_on() {
     }
     // Still serving.
     assert_eq!(a.status().await.unwrap().nodes.len(), 1);
+    // A peer that keeps sending garbage loses its connection.
+    let max_bad = PeerPolicy::default().max_bad_frames;
+    for _ in 0..max_bad {
+        if raw_call(&connection, &[0, 0, 0, 3, 9, 1, 2])
+            .await
+            .is_none()
+        {
+            break;
+        }
+    }
+    tokio::time::timeout(Duration::from_secs(10), connection.closed())
+        .await
+        .expect("the connection is closed after too many bad frames");
+    let (_, fresh) = raw_client(&a, &ta).await;
+    let ping = atmosphere_proto::frame::encode(&Request::Ping { nonce: 5 }, 1 << 20).unwrap();
+    assert_eq!(
+        raw_call(&fresh, &ping).await,
+        Some(Response::Pong { nonce: 5 }),
+        "the node still serves others"
+    );
     a.shutdown();
     ta.shutdown().await;
     client.close().await;

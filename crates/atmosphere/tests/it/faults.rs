@@ -1,0 +1,437 @@
+//! Faults on real processes: a node killed under a request, a node cut off from the others and
+//! healed, a node restarted from its data dir, and clocks five minutes apart.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use atmosphere_node::trust::AuthStatus;
+
+use crate::kit::*;
+
+async fn auth(api: &str) -> AuthStatus {
+    http()
+        .get(format!("http://{api}/v1/auth/status"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// A tool that takes a few seconds: it writes `start NODE JOB` to `log`, works, then
+/// `done NODE JOB`. Like any well-behaved worker it stops if the node that ran it dies (its
+/// parent changes), so a crashed node leaves no half-finished work behind.
+fn slow_tool(data_dir: &Path, node: &str, log: &Path) {
+    let script = format!(
+        r#"
+import json, os, sys, time
+args = json.load(sys.stdin)
+parent = os.getppid()
+def say(what):
+    with open({log:?}, "a") as f:
+        f.write(what + " {node} " + args["job"] + "\n")
+say("start")
+for _ in range(40):
+    time.sleep(0.1)
+    if os.getppid() != parent:
+        sys.exit(1)
+say("done")
+print(json.dumps({{"node": "{node}", "job": args["job"]}}))
+"#,
+        log = log.display().to_string(),
+    );
+    let tools = data_dir.join("tools");
+    std::fs::create_dir_all(&tools).unwrap();
+    std::fs::write(
+        tools.join("job.json"),
+        serde_json::json!({
+            "name": "job:run", "capability": "jobs", "description": "Runs a slow job.",
+            "input": {"type": "object", "properties": {"job": {"type": "string"}}, "required": ["job"]},
+            "output": {"type": "object", "properties": {"node": {"type": "string"}}, "required": ["node"]},
+            "timeout_ms": 30000,
+            "command": ["python3", "-c", script],
+        })
+        .to_string(),
+    )
+    .unwrap();
+}
+
+fn lines_of(log: &Path) -> Vec<String> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_under_a_call_is_failed_over_and_the_work_is_done_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mesh = unique_mesh("failover");
+    let log = dir.path().join("jobs.log");
+    let hall = start(
+        "hall",
+        &dir.path().join("hall"),
+        &loopback_args(&mesh, "off", &[], &[]),
+    )
+    .await;
+    let seed = vec![hall.bootstrap_line()];
+    let mut workers = Vec::new();
+    for name in ["study", "porch"] {
+        let data_dir = dir.path().join(name);
+        slow_tool(&data_dir, name, &log);
+        workers.push(start(name, &data_dir, &loopback_args(&mesh, "off", &[], &seed)).await);
+    }
+    form_mesh(&[&hall, &workers[0], &workers[1]]);
+    let api = hall.api();
+    all_alive(
+        &[api.clone(), workers[0].api(), workers[1].api()],
+        &[hall.id(), workers[0].id(), workers[1].id()],
+        Duration::from_secs(30),
+    )
+    .await;
+    eventually(
+        Duration::from_secs(30),
+        "both providers of job:run known on the hall",
+        || async {
+            let tool = get_json(&format!("http://{api}/v1/tools/job:run")).await?;
+            (tool["providers"].as_array()?.len() == 2).then_some(())
+        },
+    )
+    .await;
+
+    // The call goes to one of the two; whichever starts the job is killed under it.
+    let call = tokio::spawn({
+        let api = api.clone();
+        async move {
+            post_json(
+                &format!("http://{api}/v1/tools/job:run/call"),
+                &serde_json::json!({"args": {"job": "j1"}}),
+            )
+            .await
+        }
+    });
+    let victim = eventually(Duration::from_secs(30), "the job starts", || async {
+        lines_of(&log)
+            .first()
+            .and_then(|l| l.strip_prefix("start ").map(|r| r.replace(" j1", "")))
+    })
+    .await;
+    let killed_at = Instant::now();
+    let index = workers.iter().position(|w| w.name == victim).unwrap();
+    workers[index].kill().await;
+    let survivor = &workers[1 - index];
+
+    let (status, result) = tokio::time::timeout(Duration::from_secs(60), call)
+        .await
+        .expect("the call is answered")
+        .unwrap();
+    eprintln!(
+        "{victim} killed mid-call; answered by {} {:?} later",
+        result["node"],
+        killed_at.elapsed()
+    );
+    assert_eq!(status, 200, "{result}");
+    assert_eq!(result["node"], survivor.name.as_str(), "{result}");
+    assert_eq!(result["output"]["job"], "j1");
+    let attempts = result["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2, "{result}");
+    assert_eq!(attempts[0]["node"], victim.as_str());
+    assert!(attempts[0]["error"].is_string(), "{result}");
+    assert!(attempts[1]["error"].is_null(), "{result}");
+    // Once each: started where it died, started and done where it failed over, nothing else.
+    let mut lines = lines_of(&log);
+    lines.sort();
+    let mut expected = vec![
+        format!("start {victim} j1"),
+        format!("start {} j1", survivor.name),
+        format!("done {} j1", survivor.name),
+    ];
+    expected.sort();
+    assert_eq!(lines, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_heals_and_learns_the_revocation_it_missed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mesh = unique_mesh("partition");
+    let [a, b, c, d]: [Proc; 4] = seeded_mesh(dir.path(), &mesh, &["a", "b", "c", "d"])
+        .await
+        .try_into()
+        .ok()
+        .unwrap();
+    let all = [a.api(), b.api(), c.api(), d.api()];
+    let ids = [a.id(), b.id(), c.id(), d.id()];
+
+    // d is cut off from everyone: the others see it down, it sees them down.
+    let cut_at = Instant::now();
+    cli(&["--api", &a.api(), "node", "disconnect", "d"]);
+    for api in &all[..3] {
+        eventually(Duration::from_secs(20), "d seen down", || async {
+            (status_of(&status(api).await?, d.id()) == Some(atmosphere_mesh::Status::Down))
+                .then_some(())
+        })
+        .await;
+    }
+    let detected = cut_at.elapsed();
+    eventually(
+        Duration::from_secs(20),
+        "d sees the others down",
+        || async {
+            let view = status(&d.api()).await?;
+            ids[..3]
+                .iter()
+                .all(|id| status_of(&view, *id) == Some(atmosphere_mesh::Status::Down))
+                .then_some(())
+        },
+    )
+    .await;
+    // Meanwhile the authority revokes c; the connected side drops it, d cannot know yet.
+    cli(&[
+        "--api",
+        &a.api(),
+        "token",
+        "revoke",
+        "c",
+        "--reason",
+        "stolen",
+    ]);
+    for api in [&all[0], &all[1]] {
+        eventually(Duration::from_secs(10), "c dropped", || async {
+            status_of(&status(api).await?, c.id())
+                .is_none()
+                .then_some(())
+        })
+        .await;
+    }
+    assert_eq!(auth(&d.api()).await.revocations, 0);
+
+    // Healed: d takes the revocation and drops c too. One view of who is in the mesh.
+    cli(&["--api", &d.api(), "node", "reconnect", "d"]);
+    let healed_at = Instant::now();
+    all_alive(
+        &[a.api(), b.api(), d.api()],
+        &[a.id(), b.id(), d.id()],
+        Duration::from_secs(20),
+    )
+    .await;
+    let rejoined = healed_at.elapsed();
+    eventually(
+        Duration::from_secs(10),
+        "d learns the revocation and drops c",
+        || async {
+            let view = status(&d.api()).await?;
+            (auth(&d.api()).await.revocations == 1 && status_of(&view, c.id()).is_none())
+                .then_some(())
+        },
+    )
+    .await;
+    let agreed = healed_at.elapsed();
+    // Routes re-converge: a reaches d again through the mesh.
+    let route = eventually(Duration::from_secs(20), "a routes to d again", || async {
+        let (status, body) = post_json(
+            &format!("http://{}/v1/mesh/ping", a.api()),
+            &serde_json::json!({"node": "d"}),
+        )
+        .await;
+        (status == 200).then_some(body)
+    })
+    .await;
+    eprintln!(
+        "cut: seen down by all in {detected:?}; healed: all alive in {rejoined:?}, \
+         revocation agreed in {agreed:?}; route to d {route}"
+    );
+    // c, still running, is refused by every node, d included.
+    for api in [&all[0], &all[1], &all[3]] {
+        assert!(status_of(&status(api).await.unwrap(), c.id()).is_none());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_restarted_from_its_data_dir_keeps_identity_token_revocations_agents_and_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let mesh = unique_mesh("restart");
+    let [a, mut b, c]: [Proc; 3] = seeded_mesh(dir.path(), &mesh, &["a", "b", "c"])
+        .await
+        .try_into()
+        .ok()
+        .unwrap();
+    let apis = [a.api(), b.api(), c.api()];
+    // State b builds up: a revocation it learned, an agent deployed on it, knowledge chunks.
+    // The revoked token is a spare one issued to c (c keeps the one it joined with).
+    let spare = cli(&[
+        "--api",
+        &a.api(),
+        "token",
+        "issue",
+        "--node-key",
+        &c.id().to_string(),
+        "--name",
+        "c-spare",
+    ]);
+    let spare_id = atmosphere_auth::Token::decode(spare.trim())
+        .unwrap()
+        .claims_unverified()
+        .unwrap()
+        .token_id
+        .to_string();
+    cli(&["--api", &a.api(), "token", "revoke", &spare_id]);
+    eventually(
+        Duration::from_secs(10),
+        "b learns the revocation",
+        || async { (auth(&apis[1]).await.revocations == 1).then_some(()) },
+    )
+    .await;
+    cli(&[
+        "--api",
+        &a.api(),
+        "agent",
+        "deploy",
+        "anomaly_detector",
+        "--node",
+        "b",
+    ]);
+    let doc = dir.path().join("policy.md");
+    std::fs::write(
+        &doc,
+        "# Cameras\n\nCameras record only inside the house.\n\n# Guests\n\nGuests use their own network.\n",
+    )
+    .unwrap();
+    cli(&[
+        "--api",
+        &a.api(),
+        "knowledge",
+        "add",
+        &doc.display().to_string(),
+        "--collection",
+        "home",
+    ]);
+    let held_by_b = || async {
+        let status = get_json(&format!("http://{}/v1/knowledge/status", a.api())).await?;
+        status["nodes"]
+            .as_array()?
+            .iter()
+            .find(|n| n["node"] == "b" && n["error"].is_null())?["chunks"]
+            .as_u64()
+    };
+    let before_chunks = eventually(Duration::from_secs(30), "b holds chunks", || async {
+        held_by_b().await.filter(|n| *n > 0)
+    })
+    .await;
+    let before = auth(&apis[1]).await;
+
+    // kill -9 and start again from the same data dir.
+    b.kill().await;
+    b.restart().await;
+    let apis = [a.api(), b.api(), c.api()];
+    all_alive(&apis, &[a.id(), b.id(), c.id()], Duration::from_secs(30)).await;
+    let after = auth(&apis[1]).await;
+    assert_eq!(after.node, before.node, "identity");
+    assert_eq!(
+        after.token_id, before.token_id,
+        "the same token, no new join"
+    );
+    assert_eq!(after.token_status, "valid");
+    assert_eq!(after.revocations, 1, "revocations");
+    let agents = get_json(&format!("http://{}/v1/agents", apis[1]))
+        .await
+        .unwrap();
+    assert!(
+        agents
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["name"] == "anomaly_detector" && a["node"] == "b"),
+        "{agents}"
+    );
+    let after_chunks = eventually(Duration::from_secs(30), "b's chunks counted", || async {
+        held_by_b().await
+    })
+    .await;
+    assert_eq!(after_chunks, before_chunks, "chunks");
+    // The revoked spare changed nothing for c itself.
+    assert_eq!(auth(&apis[2]).await.token_status, "valid");
+}
+
+/// `faketime` runs a node with its wall clock moved (monotonic time stays true).
+fn skewed(offset: &str) -> Vec<String> {
+    [
+        "env",
+        "FAKETIME_DONT_FAKE_MONOTONIC=1",
+        "faketime",
+        "-f",
+        offset,
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_five_minutes_either_side_of_true_time_join_renew_and_stay_up() {
+    assert!(
+        std::process::Command::new("faketime")
+            .args(["-f", "+5m", "true"])
+            .status()
+            .is_ok_and(|s| s.success()),
+        "faketime is missing: run scripts/setup (Debian package faketime)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mesh = unique_mesh("skew");
+    // The authority runs five minutes fast, b five minutes slow, c on time.
+    let a = start_with(
+        "a",
+        &dir.path().join("a"),
+        &loopback_args(&mesh, "off", &[], &[]),
+        Some(&skewed("+5m")),
+    )
+    .await;
+    let seed = vec![a.bootstrap_line()];
+    let b = start_with(
+        "b",
+        &dir.path().join("b"),
+        &loopback_args(&mesh, "off", &[], &seed),
+        Some(&skewed("-5m")),
+    )
+    .await;
+    let c = start(
+        "c",
+        &dir.path().join("c"),
+        &loopback_args(&mesh, "off", &[], &seed),
+    )
+    .await;
+    cli(&["--api", &a.api(), "mesh", "init", "--name", "test"]);
+    // b's token starts "in the future" by b's clock (issued by a, ten minutes ahead of it) and
+    // is short, so it must renew under the skew too.
+    join_with_token(&a.api(), &b, "30s");
+    join_with_token(&a.api(), &c, "24h");
+    let apis = [a.api(), b.api(), c.api()];
+    all_alive(&apis, &[a.id(), b.id(), c.id()], Duration::from_secs(30)).await;
+    let clocks: Vec<u64> = {
+        let mut v = Vec::new();
+        for api in &apis {
+            v.push(auth(api).await.issued_at.unwrap_or(0));
+        }
+        v
+    };
+    eprintln!("issued_at as each node holds its token: {clocks:?}");
+    let first = auth(&b.api()).await;
+    assert_eq!(first.token_status, "valid", "{first:?}");
+    let renewed = eventually(Duration::from_secs(40), "b renews under skew", || async {
+        let now = auth(&b.api()).await;
+        (now.token_id != first.token_id && now.token_status == "valid").then_some(now)
+    })
+    .await;
+    assert!(renewed.expires_at > first.expires_at);
+    // Heartbeats are counters, not timestamps: nobody is judged down over the renewals.
+    all_alive(&apis, &[a.id(), b.id(), c.id()], Duration::from_secs(10)).await;
+    for api in &apis {
+        let view = status(api).await.unwrap();
+        assert!(
+            view.nodes
+                .iter()
+                .all(|n| n.status == atmosphere_mesh::Status::Alive),
+            "{view:?}"
+        );
+    }
+}
