@@ -22,9 +22,9 @@ fuzz_target!(|bytes: &[u8]| {
         // Values travel opaque inside deltas; a node decodes them by key.
         let delta = match &message {
             GossipMsg::Syn { .. } => None,
-            GossipMsg::SynAck { delta, .. } | GossipMsg::Ack { delta } | GossipMsg::Push { delta } => {
-                Some(delta)
-            }
+            GossipMsg::SynAck { delta, .. }
+            | GossipMsg::Ack { delta }
+            | GossipMsg::Push { delta } => Some(delta),
         };
         for node in delta.iter().flat_map(|d| d.nodes.iter()) {
             for entry in &node.values {

@@ -31,8 +31,8 @@ fuzz_target!(|bytes: &[u8]| {
     if let Ok(claims) = postcard::from_bytes::<Claims>(bytes) {
         let token = Token::issue(&authority, &claims);
         let verdict = token.verify(&mesh, &claims.node, now, &revocations);
-        let in_window = claims.not_before <= now + atmosphere_auth::CLOCK_SKEW_SECS
-            && now < claims.expires_at;
+        let in_window =
+            claims.not_before <= now + atmosphere_auth::CLOCK_SKEW_SECS && now < claims.expires_at;
         if claims.mesh == mesh && in_window {
             assert_eq!(verdict.map(|v| v.claims), Ok(claims));
         } else {

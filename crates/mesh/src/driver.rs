@@ -673,6 +673,10 @@ impl<T: Transport> Actor<T> {
                 Event::Down(id) => {
                     warn!(node = %self.node_name(id), "node is down");
                     self.links.forget(id);
+                    // Calls in flight to it fail now, not when QUIC's idle timeout gives up on
+                    // a peer that died without a word (kill -9): callers fail over in seconds.
+                    self.transport
+                        .close_peer(*id, "judged down by the failure detector");
                 }
                 Event::Up(id) => info!(node = %self.node_name(id), "node is back up"),
                 Event::Left(id) => {

@@ -184,6 +184,7 @@ async fn every_hostile_body_gets_an_answer_and_the_node_stays_up() {
     let mut node = start("solo", &dir.path().join("solo"), &args).await;
     cli(&["--api", &node.api(), "mesh", "init", "--name", "hostile"]);
     let api = node.api();
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(60))
         .build()
@@ -245,6 +246,6 @@ async fn every_hostile_body_gets_an_answer_and_the_node_stays_up() {
     )
     .await;
     assert_eq!(routed.0, 200, "{}", routed.1);
-    assert_eq!(routed.1[0]["capability"], "matter", "{}", routed.1);
+    assert_eq!(routed.1[0]["class"], "matter", "{}", routed.1);
     node.kill().await;
 }

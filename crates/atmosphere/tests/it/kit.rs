@@ -438,6 +438,7 @@ const LOAD_INTENTS: [&str; 8] = [
 /// tool calls run on the *next* node — work that crosses the mesh. Every request must come back
 /// once, with its own answer.
 pub async fn load_wave(apis: &[String], names: &[String], n: usize) -> Wave {
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(120))
         .pool_max_idle_per_host(256)

@@ -223,13 +223,14 @@ async fn a_peer_sending_garbage_gets_an_error_and_the_node_lives_on() {
     tokio::time::timeout(Duration::from_secs(10), connection.closed())
         .await
         .expect("the connection is closed after too many bad frames");
-    let (_, fresh) = raw_client(&a, &ta).await;
+    let (fresh_client, fresh) = raw_client(&a, &ta).await;
     let ping = atmosphere_proto::frame::encode(&Request::Ping { nonce: 5 }, 1 << 20).unwrap();
     assert_eq!(
         raw_call(&fresh, &ping).await,
         Some(Response::Pong { nonce: 5 }),
         "the node still serves others"
     );
+    fresh_client.close().await;
     a.shutdown();
     ta.shutdown().await;
     client.close().await;
