@@ -80,6 +80,12 @@ impl Browser {
         answer["value"].clone()
     }
 
+    /// Ends the session: chromedriver closes the browser (killing chromedriver alone would leave
+    /// Chromium running).
+    async fn quit(self) {
+        let _ = self.http.delete(&self.base).send().await;
+    }
+
     async fn open(&self, url: &str) {
         self.command(reqwest::Method::POST, "/url", Some(json!({"url": url})))
             .await;
@@ -236,4 +242,5 @@ async fn the_dashboard_shows_the_mesh_and_switches_the_light_in_chromium() {
     let artifact = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
     std::fs::write(&artifact, shot).unwrap();
     eprintln!("screenshot: {}", artifact.display());
+    browser.quit().await;
 }

@@ -405,9 +405,15 @@ impl Tools {
                 .then(a.2.cmp(&b.2))
         });
         if let Some(wanted) = &request.node {
-            providers.retain(|(id, name, _)| {
-                name == wanted || id.to_string().starts_with(wanted.as_str())
-            });
+            // A name wins; otherwise an id prefix of at least 4 hex digits (a short name such as
+            // "b" is also the start of some ids).
+            if providers.iter().any(|(_, name, _)| name == wanted) {
+                providers.retain(|(_, name, _)| name == wanted);
+            } else {
+                providers.retain(|(id, _, _)| {
+                    wanted.len() >= 4 && id.to_string().starts_with(wanted.as_str())
+                });
+            }
         }
         if providers.is_empty() {
             return Err(ToolError::NoProvider(name.to_owned()));
