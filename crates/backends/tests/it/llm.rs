@@ -28,7 +28,9 @@ fn reads_what_the_model_is_from_its_file() {
     let prompt = model
         .render_chat(&[ChatMessage::user("What's 2+2?")])
         .unwrap();
-    assert!(prompt.starts_with("<|im_start|>system\n"), "{prompt}");
+    // SmolLM's BOS is `<|im_start|>`: the engine adds it when tokenizing, so the rendered text
+    // leaves it out (else the first turn would open twice).
+    assert!(prompt.starts_with("system\n"), "{prompt}");
     assert!(
         prompt.ends_with("<|im_start|>user\nWhat's 2+2?<|im_end|>\n<|im_start|>assistant\n"),
         "{prompt}"
