@@ -679,6 +679,43 @@ mod tests {
     }
 
     #[test]
+    fn replayed_stale_state_rolls_nothing_back_and_keeps_no_dead_node_alive() {
+        let mut rng = StdRng::seed_from_u64(3);
+        let start = Instant::now();
+        let mut a = Membership::new(id(1), 1, MembershipConfig::default(), start);
+        let mut b = Membership::new(id(2), 1, MembershipConfig::default(), start);
+        b.set_local::<NameKey>(&"old".into());
+        round(&mut a, &mut b, start);
+        // A peer keeps what B said then, and sends it again and again.
+        let stale = b.delta_for(&Digest::default());
+        let mut now = start;
+        for _ in 0..10 {
+            now += Duration::from_millis(500);
+            a.tick(now, &mut rng);
+            b.tick(now, &mut rng);
+            round(&mut a, &mut b, now);
+        }
+        b.set_local::<NameKey>(&"new".into());
+        round(&mut a, &mut b, now);
+        // B dies; the replayed state neither renames it back nor counts as its heartbeat.
+        let mut down = false;
+        for _ in 0..40 {
+            now += Duration::from_millis(500);
+            a.apply_delta(stale.clone(), now);
+            a.tick(now, &mut rng);
+            assert_eq!(
+                a.get(&id(2)).unwrap().get::<NameKey>().as_deref(),
+                Some("new")
+            );
+            if a.get(&id(2)).unwrap().status == Status::Down {
+                down = true;
+                break;
+            }
+        }
+        assert!(down, "a replayed heartbeat kept a dead node alive");
+    }
+
+    #[test]
     fn partial_deltas_with_holes_are_not_applied() {
         let now = Instant::now();
         let mut a = Membership::new(id(1), 1, MembershipConfig::default(), now);
