@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use atmosphere_proto::gossip::GossipMsg;
 use atmosphere_proto::record::NameKey;
-use atmosphere_proto::{MAX_FRAME_BYTES, NodeId, Request, frame};
+use atmosphere_proto::{NodeId, Request, frame};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -167,8 +167,12 @@ impl Sim {
 
     /// Puts a message on the wire: counted, then lost or delivered after its delay.
     fn send(&mut self, from: usize, to: usize, message: GossipMsg) {
-        let bytes = frame::encode(&Request::Gossip(message.clone()), MAX_FRAME_BYTES)
-            .map_or(0, |b| b.len());
+        // The frame's exact size, counted without building it: prefix, version byte, body.
+        let bytes = postcard::serialize_with_flavor(
+            &Request::Gossip(message.clone()),
+            postcard::ser_flavors::Size::default(),
+        )
+        .map_or(0, |body: usize| frame::HEADER_BYTES + 1 + body);
         self.bytes_sent[from] += bytes as u64;
         self.messages_sent += 1;
         if self.rng.random_bool(self.config.loss.clamp(0.0, 1.0)) {
@@ -376,6 +380,22 @@ mod tests {
         }
         assert!(sim.now.duration_since(started) >= Duration::from_millis(300));
         assert_eq!(sim.messages_lost, 0);
+    }
+
+    #[test]
+    fn bytes_counted_are_the_frames_sizes() {
+        let mut sim = Sim::new(SimConfig::new(5));
+        sim.run_until_converged(20).expect("converges");
+        let before = sim.bytes_sent[2];
+        let syn = sim.nodes[2].syn();
+        let framed = frame::encode(
+            &Request::Gossip(syn.clone()),
+            atmosphere_proto::MAX_FRAME_BYTES,
+        )
+        .unwrap()
+        .len();
+        sim.send(2, 3, syn);
+        assert_eq!(sim.bytes_sent[2] - before, framed as u64);
     }
 
     #[test]
