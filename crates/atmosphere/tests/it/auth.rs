@@ -4,32 +4,11 @@
 use std::time::{Duration, Instant};
 
 use atmosphere_mesh::MeshStatus;
-use atmosphere_node::trust::AuthStatus;
 
 use crate::kit::*;
 
 fn knows(status: &MeshStatus, id: atmosphere_proto::NodeId) -> bool {
     status.nodes.iter().any(|n| n.id == id)
-}
-
-async fn auth(api: &str) -> AuthStatus {
-    http()
-        .get(format!("http://{api}/v1/auth/status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
-/// Waits until `api`'s node has run `n` more gossip rounds: a positive signal that time passed.
-async fn rounds_pass(api: &str, n: u64) {
-    let start = status(api).await.unwrap().rounds;
-    eventually(Duration::from_secs(30), "gossip rounds pass", || async {
-        (status(api).await?.rounds >= start + n).then_some(())
-    })
-    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

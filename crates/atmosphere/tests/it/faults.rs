@@ -4,20 +4,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use atmosphere_node::trust::AuthStatus;
-
 use crate::kit::*;
-
-async fn auth(api: &str) -> AuthStatus {
-    http()
-        .get(format!("http://{api}/v1/auth/status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
 
 /// A tool that takes a few seconds: it writes `start NODE JOB` to `log`, works, then
 /// `done NODE JOB`. Like any well-behaved worker it stops if the node that ran it dies (its
@@ -57,13 +44,26 @@ print(json.dumps({{"node": "{node}", "job": args["job"]}}))
     .unwrap();
 }
 
-/// Waits until the node at `api` has run `n` more gossip rounds.
-async fn rounds(api: &str, n: u64) {
-    let start = status(api).await.unwrap().rounds;
-    eventually(Duration::from_secs(60), "gossip rounds pass", || async {
-        (status(api).await?.rounds >= start + n).then_some(())
-    })
-    .await;
+/// Has the authority at `authority` issue `node` a second token and revoke it: a revocation to
+/// spread that leaves `node` itself (it keeps the token it joined with) in the mesh.
+fn revoke_a_spare_token(authority: &str, node: &Proc) {
+    let spare = cli(&[
+        "--api",
+        authority,
+        "token",
+        "issue",
+        "--node-key",
+        &node.id().to_string(),
+        "--name",
+        &format!("{}-spare", node.name),
+    ]);
+    let spare_id = atmosphere_auth::Token::decode(spare.trim())
+        .unwrap()
+        .claims_unverified()
+        .unwrap()
+        .token_id
+        .to_string();
+    cli(&["--api", authority, "token", "revoke", &spare_id]);
 }
 
 fn lines_of(log: &Path) -> Vec<String> {
@@ -269,23 +269,7 @@ async fn a_node_restarted_from_its_data_dir_keeps_identity_token_revocations_age
     let apis = [a.api(), b.api(), c.api()];
     // State b builds up: a revocation it learned, an agent deployed on it, knowledge chunks.
     // The revoked token is a spare one issued to c (c keeps the one it joined with).
-    let spare = cli(&[
-        "--api",
-        &a.api(),
-        "token",
-        "issue",
-        "--node-key",
-        &c.id().to_string(),
-        "--name",
-        "c-spare",
-    ]);
-    let spare_id = atmosphere_auth::Token::decode(spare.trim())
-        .unwrap()
-        .claims_unverified()
-        .unwrap()
-        .token_id
-        .to_string();
-    cli(&["--api", &a.api(), "token", "revoke", &spare_id]);
+    revoke_a_spare_token(&a.api(), &c);
     eventually(
         Duration::from_secs(10),
         "b learns the revocation",
@@ -430,23 +414,7 @@ async fn nodes_five_minutes_either_side_of_true_time_join_and_stay_up() {
     let verify = cli(&["--api", &b.api(), "auth", "verify"]);
     assert!(verify.contains("Valid"), "{verify}");
     // A revocation signed by the fast authority takes effect on the slow node and the true one.
-    let spare = cli(&[
-        "--api",
-        &a.api(),
-        "token",
-        "issue",
-        "--node-key",
-        &c.id().to_string(),
-        "--name",
-        "c-spare",
-    ]);
-    let spare_id = atmosphere_auth::Token::decode(spare.trim())
-        .unwrap()
-        .claims_unverified()
-        .unwrap()
-        .token_id
-        .to_string();
-    cli(&["--api", &a.api(), "token", "revoke", &spare_id]);
+    revoke_a_spare_token(&a.api(), &c);
     for api in [&apis[1], &apis[2]] {
         eventually(
             Duration::from_secs(10),
@@ -456,7 +424,7 @@ async fn nodes_five_minutes_either_side_of_true_time_join_and_stay_up() {
         .await;
     }
     let since = Instant::now();
-    rounds(&apis[1], 20).await;
+    rounds_pass(&apis[1], 20).await;
     // Heartbeats are counters, not timestamps: over twenty rounds nobody was judged down.
     for api in &apis {
         let view = status(api).await.unwrap();

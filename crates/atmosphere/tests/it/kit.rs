@@ -270,6 +270,28 @@ pub async fn all_alive(apis: &[String], ids: &[NodeId], deadline: Duration) {
     }
 }
 
+/// `GET /v1/auth/status` of the node at `api`.
+pub async fn auth(api: &str) -> atmosphere_node::trust::AuthStatus {
+    http()
+        .get(format!("http://{api}/v1/auth/status"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Waits until the node at `api` has run `n` more gossip rounds: a positive signal that time
+/// passed.
+pub async fn rounds_pass(api: &str, n: u64) {
+    let start = status(api).await.unwrap().rounds;
+    eventually(Duration::from_secs(60), "gossip rounds pass", || async {
+        (status(api).await?.rounds >= start + n).then_some(())
+    })
+    .await;
+}
+
 /// Runs the CLI; returns stdout, failing the test on a non-zero exit.
 pub fn cli(args: &[&str]) -> String {
     let output = std::process::Command::new(BIN).args(args).output().unwrap();
