@@ -299,8 +299,9 @@ async fn a_node_restarted_from_its_data_dir_keeps_identity_token_revocations_age
         "--collection",
         "home",
     ]);
-    let held_by_b = || async {
-        let status = get_json(&format!("http://{}/v1/knowledge/status", a.api())).await?;
+    // What b holds, as b itself reports it (from its database, loaded at start).
+    let held_by_b = |api: String| async move {
+        let status = get_json(&format!("http://{api}/v1/knowledge/status")).await?;
         status["nodes"]
             .as_array()?
             .iter()
@@ -308,7 +309,7 @@ async fn a_node_restarted_from_its_data_dir_keeps_identity_token_revocations_age
             .as_u64()
     };
     let before_chunks = eventually(Duration::from_secs(30), "b holds chunks", || async {
-        held_by_b().await.filter(|n| *n > 0)
+        held_by_b(b.api()).await.filter(|n| *n > 0)
     })
     .await;
     let before = auth(&apis[1]).await;
@@ -338,14 +339,7 @@ async fn a_node_restarted_from_its_data_dir_keeps_identity_token_revocations_age
         "{agents}"
     );
     let after_chunks = eventually(Duration::from_secs(30), "b's chunks counted", || async {
-        let n = held_by_b().await;
-        if n.is_none() {
-            eprintln!(
-                "{:?}",
-                get_json(&format!("http://{}/v1/knowledge/status", a.api())).await
-            );
-        }
-        n
+        held_by_b(b.api()).await
     })
     .await;
     assert_eq!(after_chunks, before_chunks, "chunks");
