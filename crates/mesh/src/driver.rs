@@ -664,6 +664,9 @@ impl<T: Transport> Actor<T> {
                     if let Some(addrs) = self.membership.get(id).and_then(|n| n.get::<AddrsKey>()) {
                         self.transport.add_peer_addrs(*id, &addrs);
                     }
+                    if let (Event::Restarted(_), Some(node)) = (&event, self.membership.get(id)) {
+                        self.transport.peer_restarted(*id, node.generation);
+                    }
                     self.seeds.remove(id);
                     if !matches!(event, Event::Updated(..)) {
                         info!(node = %self.node_name(id), "node joined (generation {})",
@@ -761,7 +764,10 @@ impl<T: Transport> Actor<T> {
             }
             Request::Ping { nonce } => Response::Pong { nonce },
             // Reaches the actor only on transports without admission control.
-            Request::Hello { .. } => Response::Welcome { token: Vec::new() },
+            Request::Hello { .. } => Response::Welcome {
+                token: Vec::new(),
+                generation: self.config.generation,
+            },
             request @ (Request::Join { .. }
             | Request::Renew { .. }
             | Request::SignConfig { .. }) => {

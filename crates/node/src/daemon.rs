@@ -116,12 +116,10 @@ pub async fn run(
         config.data_dir.clone(),
         config.token_ttl,
     )?;
-    let (transport, incoming_rx) = QuicTransport::bind_with_gate(
-        secret_key,
-        QuicConfig::new(config.listen),
-        Some(trust.clone()),
-    )
-    .await?;
+    let mut quic = QuicConfig::new(config.listen);
+    quic.generation = generation;
+    let (transport, incoming_rx) =
+        QuicTransport::bind_with_gate(secret_key, quic, Some(trust.clone())).await?;
     let id = transport.local_id();
     let quic_addrs = transport.local_addrs();
     if created {

@@ -14,9 +14,11 @@ pub enum Request {
     Ping { nonce: u64 },
     /// Steering of the receiving node itself (the spec's `node disconnect` / `reconnect`).
     Control(Control),
-    /// Admission handshake, the first request on a connection: the sender's token. Answered with
-    /// [`Response::Welcome`] carrying the receiver's token, or an `Unauthorized` error and a close.
-    Hello { token: Vec<u8> },
+    /// Admission handshake, the first request on a connection: the sender's token and its
+    /// generation (incremented at each start, so a restarted node is told from its former self).
+    /// Answered with [`Response::Welcome`] carrying the receiver's token and generation, or an
+    /// `Unauthorized` error and a close.
+    Hello { token: Vec<u8>, generation: u64 },
     /// A new node asks the authority for a token with a one-time invite secret. The only request
     /// accepted before admission; the token is bound to the connection's proven key.
     Join { secret: Vec<u8>, name: String },
@@ -105,9 +107,10 @@ pub enum Response {
         nonce: u64,
     },
     Done,
-    /// Handshake accepted; the receiver's own token.
+    /// Handshake accepted; the receiver's own token and generation.
     Welcome {
         token: Vec<u8>,
+        generation: u64,
     },
     /// A token issued by the authority (answer to `Join` and `Renew`).
     Token {

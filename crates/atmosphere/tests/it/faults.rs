@@ -313,12 +313,38 @@ async fn a_node_restarted_from_its_data_dir_keeps_identity_token_revocations_age
     })
     .await;
     let before = auth(&apis[1]).await;
+    let generation_of_b = |api: String| async move {
+        let status = status(&api).await?;
+        let b = status.nodes.iter().find(|n| n.name == "b")?;
+        (b.status == atmosphere_mesh::Status::Alive).then_some(b.generation)
+    };
+    let old_generation = generation_of_b(a.api()).await.expect("a sees b");
 
-    // kill -9 and start again from the same data dir.
+    // kill -9 and start again from the same data dir (on new ports).
     b.kill().await;
     b.restart().await;
     let apis = [a.api(), b.api(), c.api()];
     all_alive(&apis, &[a.id(), b.id(), c.id()], Duration::from_secs(30)).await;
+    eventually(
+        Duration::from_secs(30),
+        "a sees b's new generation",
+        || async {
+            generation_of_b(a.api())
+                .await
+                .filter(|g| *g > old_generation)
+        },
+    )
+    .await;
+    // a's first call to b's new self goes straight through: the connection a held to b's former
+    // self (killed without a word) was dropped when a heard of the restart.
+    let (code, call) = post_json(
+        &format!("http://{}/v1/tools/system:health/call", apis[0]),
+        &serde_json::json!({"args": {}, "node": "b"}),
+    )
+    .await;
+    assert_eq!(code, 200, "{call}");
+    assert_eq!(call["node"], "b", "{call}");
+    assert_eq!(call["attempts"].as_array().map(Vec::len), Some(1), "{call}");
     let after = auth(&apis[1]).await;
     assert_eq!(after.node, before.node, "identity");
     assert_eq!(

@@ -176,4 +176,6 @@ impl Transport for MemTransport {
     fn close_all(&self, _reason: &str) {}
 
     fn close_peer(&self, _peer: NodeId, _reason: &str) {}
+
+    fn peer_restarted(&self, _peer: NodeId, _generation: u64) {}
 }

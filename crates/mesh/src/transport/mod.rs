@@ -75,4 +75,8 @@ pub trait Transport: Send + Sync + 'static {
 
     /// Closes the connection to one peer, if any.
     fn close_peer(&self, peer: NodeId, reason: &str);
+
+    /// `peer` is back with a new `generation` (it restarted): a connection to its former self,
+    /// which may have died without closing it, is dropped so the next call dials afresh.
+    fn peer_restarted(&self, peer: NodeId, generation: u64);
 }

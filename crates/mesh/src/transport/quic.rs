@@ -2,7 +2,9 @@
 //! mutually authenticated by the TLS handshake. Relays, n0 DNS and port mapping are off: LAN first.
 //!
 //! One connection per peer (an accepted connection is reused for calls back), one bidirectional
-//! stream per call carrying one request frame and one response frame.
+//! stream per call carrying one request frame and one response frame. The handshake tells each
+//! side the other's generation, so a connection to a node's former self (killed without a word,
+//! restarted) is dropped as soon as its new self is heard of, not when a call to it times out.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -22,8 +24,8 @@ use tracing::{debug, warn};
 
 use super::{Gatekeeper, Incoming, Transport, TransportError};
 
-/// The ALPN of Atmosphere's mesh protocol, version 1.
-pub const ALPN: &[u8] = b"atmosphere/mesh/1";
+/// The ALPN of Atmosphere's mesh protocol, version 2 (1 had no generation in its handshake).
+pub const ALPN: &[u8] = b"atmosphere/mesh/2";
 
 /// Settings of the QUIC transport.
 #[derive(Debug, Clone)]
@@ -39,6 +41,8 @@ pub struct QuicConfig {
     pub max_streams_per_peer: u32,
     /// How much a peer may ask of us before it is slowed down or cut off.
     pub policy: PeerPolicy,
+    /// This node's generation (its membership incarnation), told to peers in the handshake.
+    pub generation: u64,
 }
 
 /// What a connection may do before it is refused or closed: a token bucket of requests, a cap
@@ -117,6 +121,7 @@ impl QuicConfig {
             connect_timeout: Duration::from_secs(3),
             max_streams_per_peer: 128,
             policy: PeerPolicy::default(),
+            generation: 0,
         }
     }
 }
@@ -135,11 +140,23 @@ pub enum BindError {
 
 #[derive(Debug, Default)]
 struct Peers {
+    /// Where each peer can be reached, the most recently learned first.
     addrs: HashMap<NodeId, Vec<SocketAddr>>,
-    connections: HashMap<NodeId, Connection>,
+    connections: HashMap<NodeId, Link>,
     /// One dial at a time per peer, so concurrent callers share a connection.
     dialing: HashMap<NodeId, Arc<tokio::sync::Mutex<()>>>,
 }
+
+/// The connection kept for calls to one peer, and the generation the peer told us on it
+/// (0 when it did not say: a node that has not joined yet).
+#[derive(Debug, Clone)]
+struct Link {
+    connection: Connection,
+    generation: u64,
+}
+
+/// Addresses remembered per peer; the oldest are forgotten first.
+const MAX_ADDRS_PER_PEER: usize = 8;
 
 /// A node's QUIC endpoint; cheap to share (`Arc` inside).
 #[derive(Debug)]
@@ -279,7 +296,6 @@ impl Inner {
                     Ok(connection) => {
                         let peer = node_id(&connection.remote_id());
                         let admitted = Arc::new(AtomicBool::new(this.gate.is_none()));
-                        this.adopt(peer, &connection);
                         this.serve(peer, connection, admitted).await;
                     }
                     Err(e) => debug!("handshake failed: {e}"),
@@ -288,16 +304,29 @@ impl Inner {
         }
     }
 
-    /// Keeps an accepted connection for calls back to its peer. When both sides dialled at once,
-    /// both keep the connection dialled by the smaller id, so they converge on one.
-    fn adopt(&self, peer: NodeId, connection: &Connection) {
+    /// Keeps a connection whose peer has said hello, for calls back to it. A connection from a
+    /// newer generation of the peer replaces (and closes) one to its former self, which may have
+    /// died without a word. When both sides of one generation dialled at once, both keep the
+    /// connection dialled by the smaller id, so they converge on one.
+    fn adopt(&self, peer: NodeId, connection: &Connection, generation: u64) {
         let mut peers = self.peers();
-        let replace = match peers.connections.get(&peer) {
-            None => true,
-            Some(existing) => existing.close_reason().is_some() || peer < self.id,
+        let superseded = match peers.connections.get(&peer) {
+            None => None,
+            Some(existing) if existing.connection.stable_id() == connection.stable_id() => None,
+            Some(existing) if existing.connection.close_reason().is_some() => None,
+            Some(existing) if generation > existing.generation => Some(existing.connection.clone()),
+            Some(existing) if generation == existing.generation && peer < self.id => None,
+            Some(_) => return,
         };
-        if replace {
-            peers.connections.insert(peer, connection.clone());
+        let link = Link {
+            connection: connection.clone(),
+            generation,
+        };
+        peers.connections.insert(peer, link);
+        drop(peers);
+        if let Some(old) = superseded {
+            debug!(peer = %peer.short(), generation, "dropping the connection to the peer's former self");
+            old.close(0u32.into(), b"superseded by the peer's new generation");
         }
     }
 
@@ -364,7 +393,7 @@ impl Inner {
         if peers
             .connections
             .get(&peer)
-            .is_some_and(|c| c.stable_id() == connection.stable_id())
+            .is_some_and(|c| c.connection.stable_id() == connection.stable_id())
         {
             peers.connections.remove(&peer);
         }
@@ -402,9 +431,10 @@ impl Inner {
             }
         }
         let response = match read {
-            Ok(Request::Hello { token }) => match self.handshake(peer, &token) {
+            Ok(Request::Hello { token, generation }) => match self.handshake(peer, &token) {
                 Ok(welcome) => {
                     admitted.store(true, Ordering::Release);
+                    self.adopt(peer, connection, generation);
                     welcome
                 }
                 Err(reason) => {
@@ -458,24 +488,34 @@ impl Inner {
 
     /// Checks a peer's Hello; returns our Welcome.
     fn handshake(&self, peer: NodeId, token: &[u8]) -> Result<Response, String> {
+        let generation = self.config.generation;
         let Some(gate) = &self.gate else {
-            return Ok(Response::Welcome { token: Vec::new() });
+            return Ok(Response::Welcome {
+                token: Vec::new(),
+                generation,
+            });
         };
         gate.admit(peer, token)?;
         let ours = gate
             .credential()
             .ok_or_else(|| "this node has not joined a mesh yet".to_owned())?;
-        Ok(Response::Welcome { token: ours })
+        Ok(Response::Welcome {
+            token: ours,
+            generation,
+        })
     }
 
     /// Our side of the handshake on a connection we dialled: present our token, check theirs.
-    async fn hello(&self, peer: NodeId, connection: &Connection) -> Result<(), TransportError> {
-        let Some(gate) = &self.gate else {
-            return Ok(());
-        };
-        // Before joining, a node may only ask for a token (Join); it presents nothing.
-        let Some(credential) = gate.credential() else {
-            return Ok(());
+    /// Returns the peer's generation (0 when there was no handshake: we have not joined yet).
+    async fn hello(&self, peer: NodeId, connection: &Connection) -> Result<u64, TransportError> {
+        // Without admission control the handshake only trades generations.
+        let credential = match &self.gate {
+            None => Vec::new(),
+            Some(gate) => match gate.credential() {
+                Some(credential) => credential,
+                // Before joining, a node may only ask for a token (Join); it presents nothing.
+                None => return Ok(0),
+            },
         };
         let refused = |reason: String| TransportError::Unauthorized {
             peer: peer.short(),
@@ -485,17 +525,22 @@ impl Inner {
             .open_bi()
             .await
             .map_err(|e| refused(e.to_string()))?;
-        write_frame(
-            &mut send,
-            &Request::Hello { token: credential },
-            self.config.max_frame_bytes,
-        )
-        .await?;
+        let hello = Request::Hello {
+            token: credential,
+            generation: self.config.generation,
+        };
+        write_frame(&mut send, &hello, self.config.max_frame_bytes).await?;
         match read_frame::<Response>(&mut recv, self.config.max_frame_bytes).await? {
-            Response::Welcome { token } => gate.admit(peer, &token).map_err(|reason| {
-                connection.close(CLOSE_REFUSED.into(), reason.as_bytes());
-                refused(reason)
-            }),
+            Response::Welcome { token, generation } => match &self.gate {
+                None => Ok(generation),
+                Some(gate) => match gate.admit(peer, &token) {
+                    Ok(()) => Ok(generation),
+                    Err(reason) => {
+                        connection.close(CLOSE_REFUSED.into(), reason.as_bytes());
+                        Err(refused(reason))
+                    }
+                },
+            },
             Response::Error { message, .. } => Err(refused(message)),
             other => Err(refused(format!("unexpected answer to Hello: {other:?}"))),
         }
@@ -504,20 +549,20 @@ impl Inner {
     async fn connection(self: &Arc<Self>, peer: NodeId) -> Result<Connection, TransportError> {
         let lock = {
             let mut peers = self.peers();
-            if let Some(connection) = peers.connections.get(&peer)
-                && connection.close_reason().is_none()
+            if let Some(link) = peers.connections.get(&peer)
+                && link.connection.close_reason().is_none()
             {
-                return Ok(connection.clone());
+                return Ok(link.connection.clone());
             }
             peers.dialing.entry(peer).or_default().clone()
         };
         let _dialing = lock.lock().await;
         let addrs = {
             let peers = self.peers();
-            if let Some(connection) = peers.connections.get(&peer)
-                && connection.close_reason().is_none()
+            if let Some(link) = peers.connections.get(&peer)
+                && link.connection.close_reason().is_none()
             {
-                return Ok(connection.clone());
+                return Ok(link.connection.clone());
             }
             peers.addrs.get(&peer).cloned().unwrap_or_default()
         };
@@ -539,8 +584,12 @@ impl Inner {
                 peer: peer.short(),
                 reason: e.to_string(),
             })?;
-        self.hello(peer, &connection).await?;
-        self.peers().connections.insert(peer, connection.clone());
+        let generation = self.hello(peer, &connection).await?;
+        let link = Link {
+            connection: connection.clone(),
+            generation,
+        };
+        self.peers().connections.insert(peer, link);
         // Serve the streams the peer opens on our connection too; it passed our check above.
         let (this, serving) = (self.clone(), connection.clone());
         let admitted = Arc::new(AtomicBool::new(true));
@@ -577,8 +626,12 @@ impl Inner {
     }
 
     fn close_all(&self, reason: &str) {
-        let connections: Vec<Connection> =
-            self.peers().connections.drain().map(|(_, c)| c).collect();
+        let connections: Vec<Connection> = self
+            .peers()
+            .connections
+            .drain()
+            .map(|(_, link)| link.connection)
+            .collect();
         for connection in connections {
             connection.close(0u32.into(), reason.as_bytes());
         }
@@ -628,10 +681,28 @@ impl Transport for QuicTransport {
         }
         let mut peers = self.inner.peers();
         let known = peers.addrs.entry(peer).or_default();
-        for addr in addrs {
-            if !known.contains(addr) {
-                known.push(*addr);
+        // The newest first: after a restart on new ports, the old ones are tried last.
+        let mut fresh: Vec<SocketAddr> = Vec::with_capacity(MAX_ADDRS_PER_PEER);
+        for addr in addrs.iter().chain(known.iter()) {
+            if fresh.len() < MAX_ADDRS_PER_PEER && !fresh.contains(addr) {
+                fresh.push(*addr);
             }
+        }
+        *known = fresh;
+    }
+
+    fn peer_restarted(&self, peer: NodeId, generation: u64) {
+        let stale = {
+            let mut peers = self.inner.peers();
+            match peers.connections.get(&peer) {
+                Some(link) if link.generation < generation => peers.connections.remove(&peer),
+                _ => None,
+            }
+        };
+        if let Some(link) = stale {
+            debug!(peer = %peer.short(), generation, "dropping the connection to the peer's former self");
+            link.connection
+                .close(0u32.into(), b"the peer has restarted");
         }
     }
 
@@ -640,8 +711,8 @@ impl Transport for QuicTransport {
     }
 
     fn close_peer(&self, peer: NodeId, reason: &str) {
-        if let Some(connection) = self.inner.peers().connections.remove(&peer) {
-            connection.close(0u32.into(), reason.as_bytes());
+        if let Some(link) = self.inner.peers().connections.remove(&peer) {
+            link.connection.close(0u32.into(), reason.as_bytes());
         }
     }
 }

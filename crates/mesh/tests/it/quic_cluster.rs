@@ -23,6 +23,7 @@ async fn start_quic_with(
     let key = iroh::SecretKey::generate();
     let mut quic = QuicConfig::new(listen);
     quic.policy = policy;
+    quic.generation = 1; // as MeshConfig::for_test
     let (transport, incoming_rx) = QuicTransport::bind(key, quic).await.unwrap();
     let mut config = MeshConfig::for_test(name);
     config.bootstrap = bootstrap;
@@ -234,4 +235,85 @@ async fn a_peer_sending_garbage_gets_an_error_and_the_node_lives_on() {
     a.shutdown();
     ta.shutdown().await;
     client.close().await;
+}
+
+/// A bare endpoint (no mesh) that answers pings: `key` at `generation`, on a fresh port.
+async fn pinger(key: iroh::SecretKey, generation: u64) -> std::sync::Arc<QuicTransport> {
+    let mut quic = QuicConfig::new("127.0.0.1:0".parse().unwrap());
+    quic.generation = generation;
+    let (transport, mut incoming_rx) = QuicTransport::bind(key, quic).await.unwrap();
+    tokio::spawn(async move {
+        while let Some(incoming) = incoming_rx.recv().await {
+            if let Request::Ping { nonce } = incoming.request {
+                let _ = incoming.reply_tx.send(Response::Pong { nonce });
+            }
+        }
+    });
+    transport
+}
+
+async fn ping(
+    from: &QuicTransport,
+    to: atmosphere_proto::NodeId,
+    nonce: u64,
+) -> Result<Response, String> {
+    from.call(to, &Request::Ping { nonce }, Duration::from_secs(3))
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// b dies without a word (its runtime stops: no close frame, no answer, as under kill -9) while
+/// a holds a connection to it, and comes back with the same key, a new generation and new ports.
+/// a's very first call to b's new self must get through — whether b's new self dials a first or
+/// a only hears of the restart from gossip — instead of waiting on the dead connection.
+#[test]
+fn a_call_to_a_restarted_peer_reaches_its_new_self_at_once() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    for new_self_dials in [true, false] {
+        let key = iroh::SecretKey::generate();
+        let b_id = atmosphere_mesh::transport::quic::node_id(&key.public());
+        // b's former self lives on a runtime of its own, so that it can die abruptly.
+        let doomed = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let old_b = doomed.block_on(pinger(key.clone(), 1));
+        let old_addrs = old_b.local_addrs();
+        let a = runtime.block_on(pinger(iroh::SecretKey::generate(), 1));
+        a.add_peer_addrs(b_id, &old_addrs);
+        // a dials b and keeps the connection.
+        assert_eq!(
+            runtime.block_on(ping(&a, b_id, 1)),
+            Ok(Response::Pong { nonce: 1 })
+        );
+
+        doomed.shutdown_background();
+        // Dropping the endpoint outside its runtime would try to close it politely.
+        std::mem::forget(old_b);
+
+        runtime.block_on(async {
+            let new_b = pinger(key.clone(), 2).await;
+            let new_addrs = new_b.local_addrs();
+            assert_ne!(new_addrs, old_addrs, "a new port");
+            if new_self_dials {
+                new_b.add_peer_addrs(a.local_id(), &a.local_addrs());
+                assert_eq!(
+                    ping(&new_b, a.local_id(), 2).await,
+                    Ok(Response::Pong { nonce: 2 })
+                );
+            } else {
+                // What the mesh driver does on gossip of b's new generation.
+                a.add_peer_addrs(b_id, &new_addrs);
+                a.peer_restarted(b_id, 2);
+            }
+            assert_eq!(
+                ping(&a, b_id, 3).await,
+                Ok(Response::Pong { nonce: 3 }),
+                "new self dials first: {new_self_dials}"
+            );
+            new_b.shutdown().await;
+            a.shutdown().await;
+        });
+    }
 }
