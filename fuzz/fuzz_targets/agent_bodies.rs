@@ -5,18 +5,9 @@
 #![no_main]
 
 use atmosphere_agents::{AgentDef, Event, Trigger, builtin, step};
+use atmosphere_api::{Body, DeployRequest};
 use libfuzzer_sys::fuzz_target;
-use serde::Deserialize;
 use serde_json::Value;
-
-/// The deploy body as the API takes it.
-#[derive(Deserialize)]
-struct Deploy {
-    def: AgentDef,
-    #[serde(default)]
-    #[allow(dead_code)]
-    node: Option<String>,
-}
 
 fn reading(value: f64, at: u64) -> Trigger {
     Trigger::Event(Event {
@@ -30,8 +21,8 @@ fn reading(value: f64, at: u64) -> Trigger {
 }
 
 fuzz_target!(|bytes: &[u8]| {
-    if let Ok(deploy) = serde_json::from_slice::<Deploy>(bytes)
-        && deploy.def.check().is_ok()
+    if let Ok(deploy) = serde_json::from_slice::<DeployRequest>(bytes)
+        && deploy.check().is_ok()
     {
         let def = deploy.def;
         // Round trip as the registry stores it (parameters are free JSON whose floats serde_json

@@ -111,21 +111,8 @@ pub struct ModelInfo {
     pub file_bytes: u64,
 }
 
-/// One chat message.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ChatMessage {
-    pub role: String,
-    pub content: String,
-}
-
-impl ChatMessage {
-    pub fn user(content: impl Into<String>) -> Self {
-        Self {
-            role: "user".into(),
-            content: content.into(),
-        }
-    }
-}
+/// One chat message (the HTTP API's type: what a client sends is what a model is given).
+pub use atmosphere_api::ChatMessage;
 
 /// Sampling and stopping.
 #[derive(Debug, Clone, PartialEq)]

@@ -13,6 +13,12 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
+pub use atmosphere_api::{
+    Body, BodyError, CommissionRequest, ConfigPush, DeployRequest, ImportRequest, InitRequest,
+    InviteRequest, InvokeRequest, IssueRequest, JoinRequest, KnowledgeAddRequest, KnowledgeQuery,
+    NodeRequest, PullRequest, PushRequest, RevokeRequest, RouteBatch, SealRequest,
+};
+
 /// What the handlers share.
 #[derive(Debug, Clone)]
 pub struct ApiState {
@@ -60,6 +66,47 @@ pub struct ApiError {
 pub struct ErrorBody {
     pub error: String,
     pub message: String,
+}
+
+/// A JSON body of type `T`, checked ([`Body::check`]) before the handler sees it. A body that
+/// does not decode is answered `400 bad_json`, one that fails its check `400 invalid` (or `413
+/// too_large`), each with what was wrong.
+#[derive(Debug)]
+pub struct Checked<T>(pub T);
+
+impl<S: Send + Sync, T: Body> axum::extract::FromRequest<S> for Checked<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        let Json(body) = Json::<T>::from_request(request, state)
+            .await
+            .map_err(|rejection| ApiError {
+                status: rejection.status(),
+                kind: "bad_json",
+                message: format!(
+                    "{} (see docs/API.md for {})",
+                    rejection.body_text(),
+                    T::ROUTE
+                ),
+            })?;
+        body.check()?;
+        Ok(Self(body))
+    }
+}
+
+impl From<BodyError> for ApiError {
+    fn from(error: BodyError) -> Self {
+        let (status, kind) = match &error {
+            BodyError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            BodyError::Agent(_) => (StatusCode::BAD_REQUEST, "invalid_agent"),
+            _ => (StatusCode::BAD_REQUEST, "invalid"),
+        };
+        Self {
+            status,
+            kind,
+            message: error.to_string(),
+        }
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -127,48 +174,10 @@ fn trust(state: &ApiState) -> Result<&TrustService, ApiError> {
     })
 }
 
-/// Body of `POST /v1/mesh/init`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct InitRequest {
-    pub name: String,
-}
-
-/// Body of `POST /v1/mesh/invite`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct InviteRequest {
-    /// How long the invite stays usable (default 1 h).
-    pub ttl_secs: Option<u64>,
-}
-
 /// Answer of `POST /v1/mesh/invite` and `POST /v1/tokens`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Issued {
     pub text: String,
-}
-
-/// Body of `POST /v1/mesh/join`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct JoinRequest {
-    /// An invite (`atmo-invite1.…`) or a token (`atmo1.…`).
-    pub invite: String,
-}
-
-/// Body of `POST /v1/tokens`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct IssueRequest {
-    pub node_key: NodeId,
-    pub name: String,
-    pub ttl_secs: Option<u64>,
-    #[serde(default)]
-    pub capabilities: Vec<String>,
-}
-
-/// Body of `POST /v1/tokens/revoke`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RevokeRequest {
-    /// A node name or id, or a token id (32 hex digits).
-    pub target: String,
-    pub reason: Option<String>,
 }
 
 /// Answer of `POST /v1/tokens/revoke`.
@@ -183,13 +192,6 @@ pub struct NodeIdentity {
     pub id: NodeId,
     pub name: String,
     pub peer_addrs: Vec<String>,
-}
-
-/// Body of `POST /v1/node/disconnect`, `/v1/node/reconnect` and `/v1/mesh/ping`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct NodeRequest {
-    /// Name, full id, or an id prefix of at least 4 hex digits.
-    pub node: String,
 }
 
 /// Answer of the steering endpoints.
@@ -331,7 +333,7 @@ async fn routes(State(state): State<ApiState>) -> Result<Json<Vec<RouteInfo>>, A
 
 async fn ping(
     State(state): State<ApiState>,
-    Json(request): Json<NodeRequest>,
+    Checked(request): Checked<NodeRequest>,
 ) -> Result<Json<PingResult>, ApiError> {
     let node = state.mesh.resolve(&request.node).await?;
     let echo = state.mesh.echo(node, b"atmosphere ping".to_vec()).await?;
@@ -344,7 +346,7 @@ async fn auth_status(State(state): State<ApiState>) -> Result<Json<AuthStatus>, 
 
 async fn init(
     State(state): State<ApiState>,
-    Json(request): Json<InitRequest>,
+    Checked(request): Checked<InitRequest>,
 ) -> Result<Json<AuthStatus>, ApiError> {
     Ok(Json(
         trust(&state)?.init(&request.name, &state.node_name).await?,
@@ -353,7 +355,7 @@ async fn init(
 
 async fn invite(
     State(state): State<ApiState>,
-    Json(request): Json<InviteRequest>,
+    Checked(request): Checked<InviteRequest>,
 ) -> Result<Json<Issued>, ApiError> {
     let ttl = Duration::from_secs(request.ttl_secs.unwrap_or(3600));
     Ok(Json(Issued {
@@ -363,7 +365,7 @@ async fn invite(
 
 async fn join(
     State(state): State<ApiState>,
-    Json(request): Json<JoinRequest>,
+    Checked(request): Checked<JoinRequest>,
 ) -> Result<Json<AuthStatus>, ApiError> {
     Ok(Json(
         trust(&state)?
@@ -374,7 +376,7 @@ async fn join(
 
 async fn issue(
     State(state): State<ApiState>,
-    Json(request): Json<IssueRequest>,
+    Checked(request): Checked<IssueRequest>,
 ) -> Result<Json<Issued>, ApiError> {
     let ttl = Duration::from_secs(request.ttl_secs.unwrap_or(24 * 3600));
     Ok(Json(Issued {
@@ -384,7 +386,7 @@ async fn issue(
 
 async fn revoke(
     State(state): State<ApiState>,
-    Json(request): Json<RevokeRequest>,
+    Checked(request): Checked<RevokeRequest>,
 ) -> Result<Json<Revoked>, ApiError> {
     let reason = request
         .reason
@@ -448,7 +450,7 @@ async fn tools_info(
 async fn tools_call(
     State(state): State<ApiState>,
     axum::extract::Path(name): axum::extract::Path<String>,
-    Json(request): Json<crate::tools::CallRequest>,
+    Checked(request): Checked<crate::tools::CallRequest>,
 ) -> Result<Json<crate::tools::CallResult>, ApiError> {
     Ok(Json(tools(&state)?.call(&name, &request).await?))
 }
@@ -480,20 +482,6 @@ impl From<crate::agents::AgentError> for ApiError {
     }
 }
 
-/// Body of `POST /v1/agents`: a definition, and where to deploy it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct DeployRequest {
-    pub def: atmosphere_agents::AgentDef,
-    #[serde(default)]
-    pub node: Option<String>,
-}
-
-/// Body of `POST /v1/agents/{name}/invoke`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct InvokeRequest {
-    pub input: String,
-}
-
 async fn agents_list(
     State(state): State<ApiState>,
 ) -> Result<Json<Vec<crate::agents::AgentInfo>>, ApiError> {
@@ -509,7 +497,7 @@ async fn agents_info(
 
 async fn agents_deploy(
     State(state): State<ApiState>,
-    Json(request): Json<DeployRequest>,
+    Checked(request): Checked<DeployRequest>,
 ) -> Result<Json<crate::agents::AgentInfo>, ApiError> {
     Ok(Json(
         agents(&state)?
@@ -521,7 +509,7 @@ async fn agents_deploy(
 async fn agents_invoke(
     State(state): State<ApiState>,
     axum::extract::Path(name): axum::extract::Path<String>,
-    Json(request): Json<InvokeRequest>,
+    Checked(request): Checked<InvokeRequest>,
 ) -> Result<Json<crate::agents::Activation>, ApiError> {
     Ok(Json(agents(&state)?.invoke(&name, &request.input).await?))
 }
@@ -530,7 +518,7 @@ async fn agents_invoke(
 /// what they did.
 async fn events_publish(
     State(state): State<ApiState>,
-    Json(event): Json<atmosphere_agents::Event>,
+    Checked(event): Checked<atmosphere_agents::Event>,
 ) -> Result<Json<Vec<crate::agents::Activation>>, ApiError> {
     let results = agents(&state)?.publish(&event).await;
     let mut activations = Vec::new();
@@ -540,23 +528,10 @@ async fn events_publish(
     Ok(Json(activations))
 }
 
-/// Longest intent text accepted.
-const MAX_INTENT_BYTES: usize = 16 * 1024;
-
 async fn intent(
     State(state): State<ApiState>,
-    Json(request): Json<crate::intent::IntentRequest>,
+    Checked(request): Checked<crate::intent::IntentRequest>,
 ) -> Result<Json<crate::intent::IntentOutcome>, ApiError> {
-    if request.text.len() > MAX_INTENT_BYTES {
-        return Err(ApiError {
-            status: StatusCode::PAYLOAD_TOO_LARGE,
-            kind: "too_large",
-            message: format!(
-                "the intent is {} bytes; the limit is {MAX_INTENT_BYTES}",
-                request.text.len()
-            ),
-        });
-    }
     let outcome = intents(&state)?.run(&request).await?;
     if !request.dry_run {
         state.recent_intents.record(&outcome, &request.text);
@@ -564,35 +539,16 @@ async fn intent(
     Ok(Json(outcome))
 }
 
-/// Body of `POST /v1/route`: intents to route without running.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RouteBatch {
-    pub texts: Vec<String>,
-}
-
 async fn route(
     State(state): State<ApiState>,
-    Json(batch): Json<RouteBatch>,
+    Checked(batch): Checked<RouteBatch>,
 ) -> Result<Json<Vec<crate::intent::RouteDecision>>, ApiError> {
-    if batch.texts.len() > 1000 || batch.texts.iter().any(|t| t.len() > MAX_INTENT_BYTES) {
-        return Err(ApiError {
-            status: StatusCode::PAYLOAD_TOO_LARGE,
-            kind: "too_large",
-            message: "at most 1000 intents of 16 KiB each per request".into(),
-        });
-    }
     let intents = intents(&state)?;
     let mut decisions = Vec::with_capacity(batch.texts.len());
     for text in &batch.texts {
         decisions.push(intents.route(text).await?);
     }
     Ok(Json(decisions))
-}
-
-/// Body of `POST /v1/configs`: a `llamafarm.yaml` to sign and spread.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ConfigPush {
-    pub text: String,
 }
 
 /// A project's newest version, with its text (`GET /v1/configs/NS/NAME`, `POST /v1/configs`).
@@ -648,7 +604,7 @@ async fn configs_get(
 
 async fn configs_push(
     State(state): State<ApiState>,
-    Json(request): Json<ConfigPush>,
+    Checked(request): Checked<ConfigPush>,
 ) -> Result<Json<ConfigVersion>, ApiError> {
     use crate::configsync::SyncError;
     match configs(&state)?.submit(&request.text).await {
@@ -672,14 +628,14 @@ async fn configs_push(
 
 async fn disconnect(
     State(state): State<ApiState>,
-    Json(request): Json<NodeRequest>,
+    Checked(request): Checked<NodeRequest>,
 ) -> Result<Json<ControlResult>, ApiError> {
     steer(&state, &request.node, Control::Disconnect).await
 }
 
 async fn reconnect(
     State(state): State<ApiState>,
-    Json(request): Json<NodeRequest>,
+    Checked(request): Checked<NodeRequest>,
 ) -> Result<Json<ControlResult>, ApiError> {
     steer(&state, &request.node, Control::Reconnect).await
 }
@@ -863,48 +819,11 @@ async fn packages_list(State(state): State<ApiState>) -> Result<Json<PackagesVie
     }))
 }
 
-/// Body of `POST /v1/packages/seal`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SealRequest {
-    /// The manifest's exact text.
-    pub manifest: String,
-}
-
 async fn packages_seal(
     State(state): State<ApiState>,
-    Json(request): Json<SealRequest>,
+    Checked(request): Checked<SealRequest>,
 ) -> Result<Json<atmosphere_auth::Seal>, ApiError> {
     Ok(Json(packages(&state)?.seal(&request.manifest)?))
-}
-
-/// Body of `POST /v1/packages/import`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ImportRequest {
-    /// A package directory on this node's machine.
-    pub path: std::path::PathBuf,
-}
-
-/// Body of `POST /v1/packages/pull`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PullRequest {
-    pub name: String,
-    /// Node names or ids to pull from; every live holder when empty.
-    #[serde(default)]
-    pub from: Vec<String>,
-    /// Bytes per second at most.
-    #[serde(default)]
-    pub limit_rate: Option<u64>,
-}
-
-/// Body of `POST /v1/packages/push`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PushRequest {
-    /// A package this node holds.
-    pub name: String,
-    /// The node that should receive it.
-    pub to: String,
-    #[serde(default)]
-    pub limit_rate: Option<u64>,
 }
 
 /// The progress of a transfer as newline-delimited JSON, one line per update (at most ten a
@@ -937,14 +856,14 @@ fn progress_lines(mut rx: tokio::sync::watch::Receiver<crate::packages::Progress
 
 async fn packages_import(
     State(state): State<ApiState>,
-    Json(request): Json<ImportRequest>,
+    Checked(request): Checked<ImportRequest>,
 ) -> Result<Response, ApiError> {
     Ok(progress_lines(packages(&state)?.import(request.path)))
 }
 
 async fn packages_pull(
     State(state): State<ApiState>,
-    Json(request): Json<PullRequest>,
+    Checked(request): Checked<PullRequest>,
 ) -> Result<Response, ApiError> {
     let rx = packages(&state)?
         .pull(&request.name, &request.from, request.limit_rate)
@@ -954,7 +873,7 @@ async fn packages_pull(
 
 async fn packages_push(
     State(state): State<ApiState>,
-    Json(request): Json<PushRequest>,
+    Checked(request): Checked<PushRequest>,
 ) -> Result<Response, ApiError> {
     let rx = packages(&state)?
         .push(&request.name, &request.to, request.limit_rate)
@@ -1021,19 +940,11 @@ impl From<crate::knowledge::KnowledgeError> for ApiError {
     }
 }
 
-/// Body of `POST /v1/knowledge/add`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct KnowledgeAddRequest {
-    pub collection: String,
-    /// Files or directories on this node's machine.
-    pub paths: Vec<std::path::PathBuf>,
-}
-
 /// `POST /v1/knowledge/add`: reads, chunks, embeds and places each document; one JSON line per
 /// progress event (`reading`, `done`, `failed`). A bad document fails alone.
 async fn knowledge_add(
     State(state): State<ApiState>,
-    Json(request): Json<KnowledgeAddRequest>,
+    Checked(request): Checked<KnowledgeAddRequest>,
 ) -> Result<Response, ApiError> {
     let knowledge = knowledge(&state)?.clone();
     let mut files = Vec::new();
@@ -1075,21 +986,11 @@ async fn knowledge_add(
         .into_response())
 }
 
-/// Body of `POST /v1/knowledge/query`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct KnowledgeQuery {
-    pub query: String,
-    #[serde(default)]
-    pub collection: Option<String>,
-    #[serde(default)]
-    pub top_k: Option<usize>,
-}
-
 /// `POST /v1/knowledge/query`: the passages nearest the question, from the nodes likely to hold
 /// them, with the trace of who was asked (no answer is written: see `rag:query` and intents).
 async fn knowledge_query(
     State(state): State<ApiState>,
-    Json(request): Json<KnowledgeQuery>,
+    Checked(request): Checked<KnowledgeQuery>,
 ) -> Result<Json<crate::knowledge::QueryOutcome>, ApiError> {
     let outcome = knowledge(&state)?
         .query(
@@ -1106,22 +1007,6 @@ async fn knowledge_status(
     State(state): State<ApiState>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     Ok(Json(knowledge(&state)?.status().await?))
-}
-
-/// Body of `POST /v1/matter/commission`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct CommissionRequest {
-    /// The manual pairing code the device shows (`3497-011-2332`), or its bare setup passcode.
-    pub code: String,
-    /// Where the device answers (`IP:PORT`; Matter's port is 5540); without it the bridge finds
-    /// the device by mDNS from the pairing code's discriminator.
-    #[serde(default)]
-    pub address: Option<std::net::SocketAddr>,
-    /// What people call it ("garage light").
-    pub name: String,
-    /// The room it is in ("garage"); requests may name it instead of the device.
-    #[serde(default)]
-    pub room: Option<String>,
 }
 
 /// `GET /v1/matter/discover`: the devices answering mDNS as commissionable, seen from this
@@ -1152,7 +1037,7 @@ async fn matter_devices(
 
 async fn matter_commission(
     State(state): State<ApiState>,
-    Json(request): Json<CommissionRequest>,
+    Checked(request): Checked<CommissionRequest>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let controller = matter(&state)?;
     let setup = atmosphere_matter::Setup::parse(&request.code)?;

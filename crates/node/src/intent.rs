@@ -20,6 +20,8 @@ use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use tokio::sync::OnceCell;
 use tracing::{info, warn};
 
+pub use atmosphere_api::IntentRequest;
+
 use crate::models::LocalModels;
 use crate::servers::ModelServers;
 
@@ -45,23 +47,6 @@ pub enum IntentError {
     AllFailed(String),
     #[error(transparent)]
     Mesh(#[from] MeshError),
-}
-
-/// `POST /v1/intent`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct IntentRequest {
-    pub text: String,
-    /// Route only; do not run.
-    #[serde(default)]
-    pub dry_run: bool,
-    #[serde(default)]
-    pub max_tokens: Option<usize>,
-    /// A whole conversation for a language model (the OpenAI front door); `text` is then its last
-    /// user message, used for routing.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub messages: Option<Vec<ChatMessage>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub temperature: Option<f64>,
 }
 
 /// Where an intent goes and why.

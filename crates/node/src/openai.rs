@@ -9,7 +9,9 @@ use axum::http::StatusCode;
 use axum::response::sse::{Event, Sse};
 use serde::{Deserialize, Serialize};
 
-use crate::api::{ApiError, ApiState};
+pub use atmosphere_api::{ChatRequest, EmbeddingInput, EmbeddingsRequest, StopField};
+
+use crate::api::{ApiError, ApiState, Checked};
 use crate::models::ModelError;
 
 impl From<ModelError> for ApiError {
@@ -27,34 +29,6 @@ impl From<ModelError> for ApiError {
             message: error.to_string(),
         }
     }
-}
-
-/// `POST /v1/chat/completions` body (the fields this node honours).
-#[derive(Debug, Clone, Deserialize)]
-pub struct ChatRequest {
-    #[serde(default)]
-    pub model: Option<String>,
-    pub messages: Vec<ChatMessage>,
-    #[serde(default)]
-    pub max_tokens: Option<usize>,
-    #[serde(default)]
-    pub temperature: Option<f64>,
-    #[serde(default)]
-    pub top_p: Option<f64>,
-    #[serde(default)]
-    pub seed: Option<u64>,
-    #[serde(default)]
-    pub stop: Option<StopField>,
-    #[serde(default)]
-    pub stream: bool,
-}
-
-/// `stop` is a string or a list of strings.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
-pub enum StopField {
-    One(String),
-    Many(Vec<String>),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -219,12 +193,9 @@ fn finish_reason(reason: StopReason) -> &'static str {
 /// (`chat.completion.chunk` deltas, a usage chunk, `data: [DONE]`) as OpenAI sends them.
 pub async fn chat_completions(
     State(state): State<ApiState>,
-    Json(request): Json<ChatRequest>,
+    Checked(request): Checked<ChatRequest>,
 ) -> Result<axum::response::Response, ApiError> {
     use axum::response::IntoResponse;
-    if request.messages.is_empty() {
-        return Err(bad_request("messages is empty"));
-    }
     if let Some(response) = through_the_mesh(&state, &request).await? {
         return Ok(response);
     }
@@ -234,11 +205,7 @@ pub async fn chat_completions(
         temperature: request.temperature.unwrap_or(0.0).clamp(0.0, 2.0),
         top_p: request.top_p,
         seed: request.seed.unwrap_or(299_792_458),
-        stop: match request.stop {
-            Some(StopField::One(stop)) => vec![stop],
-            Some(StopField::Many(stops)) => stops.into_iter().take(8).collect(),
-            None => Vec::new(),
-        },
+        stop: request.stop.map(StopField::into_vec).unwrap_or_default(),
         // The in-process engines' repeat penalty (OpenAI's API has no such field).
         ..GenerateOptions::default()
     };
@@ -429,32 +396,11 @@ impl From<crate::intent::IntentError> for ApiError {
     }
 }
 
-/// `POST /v1/embeddings` body.
-#[derive(Debug, Clone, Deserialize)]
-pub struct EmbeddingsRequest {
-    #[serde(default)]
-    pub model: Option<String>,
-    pub input: EmbeddingInput,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
-pub enum EmbeddingInput {
-    One(String),
-    Many(Vec<String>),
-}
-
 pub async fn embeddings(
     State(state): State<ApiState>,
-    Json(request): Json<EmbeddingsRequest>,
+    Checked(request): Checked<EmbeddingsRequest>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let texts = match request.input {
-        EmbeddingInput::One(text) => vec![text],
-        EmbeddingInput::Many(texts) => texts,
-    };
-    if texts.is_empty() || texts.len() > 256 {
-        return Err(bad_request("input must hold 1 to 256 texts"));
-    }
+    let texts = request.input.into_vec();
     let vectors = state.models.embed(texts).await?;
     let data: Vec<serde_json::Value> = vectors
         .into_iter()

@@ -88,8 +88,8 @@ fn mutate(value: &mut Value, rng: &mut Rng, depth: usize) {
 
 /// Every POST route with a body that is valid, or nearly.
 fn seeds() -> Vec<(String, Value)> {
-    let agent = json!({"name": "fuzzed", "version": "1.0.0", "description": "d", "base": "reactive",
-        "wake_on": {"intents": ["x"], "events": ["sensor.*"]}, "tools": ["system:health"], "params": {}});
+    let agent = json!({"name": "fuzzed", "version": 1, "description": "d", "base": "reactive",
+        "intents": ["x"], "events": ["sensor.*"], "tools": ["system:health"], "params": {}});
     [
         ("/v1/mesh/ping", json!({"node": "nobody"})),
         ("/v1/node/disconnect", json!({"node": "nobody"})),
@@ -120,7 +120,7 @@ fn seeds() -> Vec<(String, Value)> {
         (
             "/v1/events",
             json!({"kind": "sensor.reading", "source": "s", "severity": "info", "summary": "",
-                   "data": {"series": "t", "value": 1.0}}),
+                   "data": {"series": "t", "value": 1.0}, "at": 0}),
         ),
         (
             "/v1/matter/commission",
@@ -135,8 +135,8 @@ fn seeds() -> Vec<(String, Value)> {
             "/v1/knowledge/query",
             json!({"query": "cameras", "collection": "c", "top_k": 3}),
         ),
-        ("/v1/packages/seal", json!({"dir": "zz/../no-such-dir"})),
-        ("/v1/packages/import", json!({"dir": "zz/../no-such-dir"})),
+        ("/v1/packages/seal", json!({"manifest": "name = \"x\"\n"})),
+        ("/v1/packages/import", json!({"path": "zz/../no-such-dir"})),
         ("/v1/packages/pull", json!({"name": "nothing", "from": ["nobody"]})),
         ("/v1/packages/push", json!({"name": "nothing", "to": "nobody"})),
         ("/v1/configs", json!({"text": "name: x\nruntime:\n  models: []\n"})),
@@ -190,6 +190,18 @@ async fn every_hostile_body_gets_an_answer_and_the_node_stays_up() {
         .build()
         .unwrap();
     let seeds = seeds();
+    // The seeds themselves are well-formed bodies: none is refused as undecodable.
+    for (path, seed) in &seeds {
+        let response = client
+            .post(format!("http://{api}{path}"))
+            .json(seed)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        assert!(!text.contains("\"bad_json\""), "{path}: {status} {text}");
+    }
     let mut rng = Rng(0x5eed_1234_abcd_0001);
     let (mut sent, mut ok, mut client_errors, mut server_errors) = (0, 0, 0, 0);
     for _ in 0..2000 {
@@ -214,7 +226,13 @@ async fn every_hostile_body_gets_an_answer_and_the_node_stays_up() {
             ok += 1;
         } else if status.is_client_error() {
             client_errors += 1;
-            assert!(!text.is_empty(), "{path}: {status} with no reason");
+            // Refused with the API's error body: its kind and what was wrong.
+            let error: Value = serde_json::from_str(&text)
+                .unwrap_or_else(|_| panic!("{path}: {status} without an error body: {text:?}"));
+            assert!(
+                error["error"].is_string() && error["message"].is_string(),
+                "{path}: {status} {text}"
+            );
         } else {
             server_errors += 1;
             // A server-side failure is a handled one: the API's error body, never a crash.

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tracing::warn;
 
+pub use atmosphere_api::CallRequest;
 pub use builtin::{NotifySettings, builtin_tools, pending_contracts};
 pub use external::load_dir;
 pub use matter::{MatterSettings, Named, action_in, device_in, device_json, matter_tools};
@@ -138,16 +139,6 @@ pub struct ToolInfo {
     pub manifest: Manifest,
     /// Nodes that provide it, this one first when it does.
     pub providers: Vec<String>,
-}
-
-/// `POST /v1/tools/{name}/call`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct CallRequest {
-    #[serde(default)]
-    pub args: Value,
-    /// Run on this node (name or id prefix) rather than the nearest provider.
-    #[serde(default)]
-    pub node: Option<String>,
 }
 
 /// One provider tried.
