@@ -39,8 +39,11 @@ async fn main() {
     println!("## 1 000 concurrent requests over 3 nodes (half intents, half remote tool calls)\n");
     println!("| wave | answered | lost | wall | throughput | p50 | p90 | p99 | max |");
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let (mut wave_lost, mut warm_p99) = (0usize, 0.0f64);
     for round in 1..=3 {
         let wave = load_wave(&apis, &names, 1000).await;
+        wave_lost += wave.failures.len();
+        warm_p99 = wave.percentile(0.99);
         println!(
             "| {round} | {} | {} | {:.2} s | {:.0}/s | {:.0} ms | {:.0} ms | {:.0} ms | {:.0} ms |",
             wave.answered,
@@ -56,6 +59,16 @@ async fn main() {
             println!("\nfirst failure: {failure}\n");
         }
     }
+
+    // Our goals, gathered by scripts/bench into the report's summary beside Appendix B.
+    println!(
+        "\ntarget: Load: 3 waves of 1 000 concurrent intents and tool calls, lost (our goal) | {wave_lost} of 3000 | 0 | {}",
+        if wave_lost == 0 { "met" } else { "MISSED" }
+    );
+    println!(
+        "target: Load: p99 of the last 1 000-request wave, 3 nodes on 2 cores (our goal) | {warm_p99:.0} ms | < 1 000 ms | {}",
+        if warm_p99 < 1000.0 { "met" } else { "MISSED" }
+    );
 
     let secs: u64 = std::env::var("SOAK_SECS")
         .ok()
@@ -105,5 +118,19 @@ async fn main() {
             "\nmemory change from {at} s to the end (MiB, a/b/c): {}",
             growth.join(" / ")
         );
+        let worst = first
+            .iter()
+            .zip(&end)
+            .map(|(f, e)| e - f)
+            .fold(f64::MIN, f64::max);
+        println!(
+            "\ntarget: Soak: resident memory growth over {secs} s, worst node (our goal) | {worst:+.1} MiB | < 16 MiB | {}",
+            if worst < 16.0 { "met" } else { "MISSED" }
+        );
     }
+    println!(
+        "target: Soak: requests lost over {secs} s (our goal) | {lost} of {} | 0 | {}",
+        answered + lost,
+        if lost == 0 { "met" } else { "MISSED" }
+    );
 }
