@@ -113,13 +113,21 @@ impl VerifiedToken {
         self.claims.expires_at.saturating_sub(now)
     }
 
-    /// True once 2/3 of the lifetime has passed: time to renew.
+    /// True once 2/3 of the lifetime has passed since the authority's `issued_at`: time to renew.
     pub fn should_renew(&self, now: u64) -> bool {
+        self.two_thirds_since(self.claims.issued_at, now)
+    }
+
+    /// Like [`VerifiedToken::should_renew`], and also true once 2/3 of the lifetime has passed
+    /// since `received_at` by the holder's own clock: a holder whose clock runs behind the
+    /// authority's renews on time instead of late by the skew.
+    pub fn should_renew_since(&self, received_at: u64, now: u64) -> bool {
+        self.should_renew(now) || self.two_thirds_since(received_at, now)
+    }
+
+    fn two_thirds_since(&self, start: u64, now: u64) -> bool {
         let lifetime = self.claims.expires_at.saturating_sub(self.claims.issued_at);
-        now >= self
-            .claims
-            .issued_at
-            .saturating_add(lifetime / 3 * 2 + lifetime % 3 * 2 / 3)
+        now >= start.saturating_add(lifetime / 3 * 2 + lifetime % 3 * 2 / 3)
     }
 }
 
@@ -403,6 +411,25 @@ mod tests {
         let verified = forever.verify_signature(&authority.mesh_id(), NOW).unwrap();
         assert!(!verified.should_renew(NOW + 1_000_000_000));
         assert!(verified.should_renew(u64::MAX));
+    }
+
+    #[test]
+    fn a_holder_behind_the_authority_renews_by_its_own_clock() {
+        let authority = AuthorityKey::generate();
+        // The authority's clock is 10 minutes ahead of the holder's: issued "in the future".
+        let mut ahead = claims(&authority, 1, 300);
+        ahead.issued_at = NOW + 600;
+        ahead.not_before = NOW + 600;
+        ahead.expires_at = NOW + 900;
+        let verified = Token::issue(&authority, &ahead)
+            .verify_signature(&authority.mesh_id(), NOW + 600)
+            .unwrap();
+        // Received at NOW by the holder's clock: due 200 s later, not 800 s later.
+        assert!(!verified.should_renew(NOW + 200));
+        assert!(!verified.should_renew_since(NOW, NOW + 199));
+        assert!(verified.should_renew_since(NOW, NOW + 200));
+        // A holder ahead of the authority renews by the authority's clock, as before.
+        assert!(verified.should_renew_since(NOW + 5_000, NOW + 800));
     }
 
     proptest! {

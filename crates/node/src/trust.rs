@@ -92,6 +92,8 @@ struct PeerToken {
 struct State {
     mesh: Option<(MeshId, String)>,
     token: Option<VerifiedToken>,
+    /// When this node received `token`, by its own clock (unknown for a token loaded at start).
+    token_received: Option<u64>,
     authority: Option<AuthorityKey>,
     revocations: RevocationSet,
     peers: HashMap<NodeId, PeerToken>,
@@ -377,6 +379,7 @@ impl TrustService {
             let mut state = self.trust.write();
             state.mesh = Some((mesh, name.to_owned()));
             state.token = Some(verified);
+            state.token_received = Some(unix_now());
             state.authority = Some(authority);
         }
         self.persist()?;
@@ -492,6 +495,7 @@ impl TrustService {
             let mut state = self.trust.write();
             state.mesh = Some((claims.mesh, mesh_name.clone()));
             state.token = Some(verified);
+            state.token_received = Some(unix_now());
         }
         self.persist()?;
         self.publish(false).await;
@@ -677,7 +681,12 @@ impl TrustService {
                 .filter(|(_, p)| p.authority && p.expires_at > now)
                 .map(|(id, _)| *id)
                 .collect();
-            (token.should_renew(now), token.clone(), peers)
+            // By the authority's clock or, when later, by ours since we received it.
+            let due = match state.token_received {
+                Some(received) => token.should_renew_since(received, now),
+                None => token.should_renew(now),
+            };
+            (due, token.clone(), peers)
         };
         if !due {
             return;
@@ -730,7 +739,11 @@ impl TrustService {
             expires_in = verified.claims.expires_at.saturating_sub(unix_now()),
             "token renewed"
         );
-        self.trust.write().token = Some(verified);
+        {
+            let mut state = self.trust.write();
+            state.token = Some(verified);
+            state.token_received = Some(unix_now());
+        }
         if let Err(e) = self.persist() {
             warn!("could not store the renewed token: {e}");
         }

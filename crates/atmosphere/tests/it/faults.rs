@@ -418,10 +418,13 @@ async fn nodes_five_minutes_either_side_of_true_time_join_and_stay_up() {
     )
     .await;
     cli(&["--api", &a.api(), "mesh", "init", "--name", "test"]);
-    // b's token starts ten minutes "in the future" by b's clock (a issued it); c's five.
-    join_with_token(&a.api(), &b, "24h");
+    // b's token starts ten minutes "in the future" by b's clock (a issued it); c's five. b's
+    // lives 90 s: by the token's own `issued_at` b would renew it ten minutes late, long after a
+    // saw it expire; it must renew by its own clock, 60 s after it received it.
+    join_with_token(&a.api(), &b, "90s");
     join_with_token(&a.api(), &c, "24h");
     let apis = [a.api(), b.api(), c.api()];
+    let first_token = auth(&apis[1]).await.token_id;
     all_alive(&apis, &[a.id(), b.id(), c.id()], Duration::from_secs(30)).await;
     let mut issued = Vec::new();
     for api in &apis {
@@ -461,4 +464,14 @@ async fn nodes_five_minutes_either_side_of_true_time_join_and_stay_up() {
             );
         }
     }
+    eventually(
+        Duration::from_secs(90),
+        "b renews its 90 s token by its own clock",
+        || async {
+            let now = auth(&apis[1]).await;
+            (now.token_id != first_token && now.token_status == "valid").then_some(())
+        },
+    )
+    .await;
+    all_alive(&apis, &[a.id(), b.id(), c.id()], Duration::from_secs(10)).await;
 }
