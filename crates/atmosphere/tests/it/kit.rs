@@ -455,6 +455,23 @@ const LOAD_INTENTS: [&str; 8] = [
     "is any machine overloaded near",
 ];
 
+/// One request of a load wave: the status and the JSON answer, or why there was none.
+async fn post_for_load(
+    client: &reqwest::Client,
+    url: &str,
+    body: serde_json::Value,
+) -> Result<(reqwest::StatusCode, serde_json::Value), String> {
+    let response = client
+        .post(url)
+        .json(&body)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = response.status();
+    let body = response.json().await.map_err(|e| e.to_string())?;
+    Ok((status, body))
+}
+
 /// Sends `n` requests at once over the nodes at `apis` (round robin): even ones are intents
 /// (each worded differently, so each is embedded and routed afresh), odd ones are `system:health`
 /// tool calls run on the *next* node — work that crosses the mesh. Every request must come back
@@ -476,15 +493,9 @@ pub async fn load_wave(apis: &[String], names: &[String], n: usize) -> Wave {
             let outcome: Result<(), String> = async {
                 if i % 2 == 0 {
                     let text = format!("{} machine {i}?", LOAD_INTENTS[i % LOAD_INTENTS.len()]);
-                    let response = client
-                        .post(format!("http://{api}/v1/intent"))
-                        .json(&serde_json::json!({"text": text}))
-                        .send()
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    let status = response.status();
-                    let body: serde_json::Value =
-                        response.json().await.map_err(|e| e.to_string())?;
+                    let url = format!("http://{api}/v1/intent");
+                    let (status, body) =
+                        post_for_load(&client, &url, serde_json::json!({"text": text})).await?;
                     if !status.is_success() || body["result"]["text"].as_str().is_none() {
                         return Err(format!("intent {i}: {status} {body}"));
                     }
@@ -492,15 +503,9 @@ pub async fn load_wave(apis: &[String], names: &[String], n: usize) -> Wave {
                         return Err(format!("intent {i} answered for another request: {body}"));
                     }
                 } else {
-                    let response = client
-                        .post(format!("http://{api}/v1/tools/system:health/call"))
-                        .json(&serde_json::json!({"args": {}, "node": next}))
-                        .send()
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    let status = response.status();
-                    let body: serde_json::Value =
-                        response.json().await.map_err(|e| e.to_string())?;
+                    let url = format!("http://{api}/v1/tools/system:health/call");
+                    let call = serde_json::json!({"args": {}, "node": next});
+                    let (status, body) = post_for_load(&client, &url, call).await?;
                     if !status.is_success() || body["node"] != next.as_str() {
                         return Err(format!("tool call {i}: {status} {body}"));
                     }

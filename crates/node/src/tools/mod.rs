@@ -29,8 +29,8 @@ pub use vision::{VisionSettings, vision_tools};
 /// The `kind` of routed work this module serves, and the gossip key of the manifests.
 pub const WORK_KIND: &str = "tool";
 pub const RECORD_KEY: &str = "tools";
-/// Largest arguments accepted (serialised JSON).
-pub const MAX_ARGS_BYTES: usize = 256 * 1024;
+/// Largest arguments accepted (serialised JSON), from any caller: the HTTP API, an intent, an agent.
+pub use atmosphere_api::MAX_ARGS_BYTES;
 /// Limits on what a peer may announce.
 const MAX_TOOLS_PER_NODE: usize = 128;
 const MAX_MANIFEST_BYTES: usize = 64 * 1024;
