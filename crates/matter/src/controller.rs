@@ -242,6 +242,11 @@ struct Book {
     icac_key: String,
     next_node_id: u64,
     devices: Vec<Device>,
+    /// The device being commissioned: its address is resolved from here for the CASE step, but
+    /// it is not listed, switched or subscribed to until it is done (what it is — its clusters —
+    /// is read last; a subscription set up before that watched nothing for a minute).
+    #[serde(skip)]
+    commissioning: Option<Device>,
 }
 
 const FABRIC_ID: u64 = 0xA7_0000_0001;
@@ -271,6 +276,35 @@ impl Book {
                 .map_err(|e| state(e.to_string())),
             None => Ok(None),
         }
+    }
+
+    /// Where the device with Matter node id `node_id` is reached, commissioned or being so.
+    fn address_of(&self, node_id: u64) -> Option<SocketAddr> {
+        self.devices
+            .iter()
+            .chain(self.commissioning.as_ref())
+            .find(|d| d.node_id == node_id)
+            .map(|d| d.addr)
+    }
+
+    /// The commissioned devices to subscribe to now: those with no subscription, whose reports
+    /// stopped, or whose back-off after a failure is over. (Not one being commissioned.)
+    fn due_for_subscription(
+        &self,
+        subscriptions: &HashMap<u64, Subscription>,
+        now: Instant,
+    ) -> Vec<Device> {
+        self.devices
+            .iter()
+            .filter(|d| match subscriptions.get(&d.node_id) {
+                None => true,
+                Some(sub) => match sub.max_int {
+                    Some(max_int) => now > sub.heard + max_int + REPORT_SLACK,
+                    None => now >= sub.retry_at,
+                },
+            })
+            .cloned()
+            .collect()
     }
 
     fn save(&self, store: &dyn StateStore) -> Result<(), MatterError> {
@@ -493,6 +527,7 @@ async fn run(
                 icac_key,
                 next_node_id: FIRST_DEVICE_NODE_ID,
                 devices: Vec::new(),
+                commissioning: None,
             };
             book.save(&*store)?;
             (fab_idx, book)
@@ -721,23 +756,10 @@ impl<C: Crypto> Ctx<'_, C> {
                 KEEPER_TICK.as_millis() as u64,
             ))
             .await;
-            let now = Instant::now();
-            let due: Vec<Device> = {
-                let subscriptions = self.subscriptions.borrow();
-                self.book
-                    .borrow()
-                    .devices
-                    .iter()
-                    .filter(|d| match subscriptions.get(&d.node_id) {
-                        None => true,
-                        Some(sub) => match sub.max_int {
-                            Some(max_int) => now > sub.heard + max_int + REPORT_SLACK,
-                            None => now >= sub.retry_at,
-                        },
-                    })
-                    .cloned()
-                    .collect()
-            };
+            let due = self
+                .book
+                .borrow()
+                .due_for_subscription(&self.subscriptions.borrow(), Instant::now());
             for device in due {
                 let what = format!("subscribe to {}", device.name);
                 match with_timeout(&what, OP_TIMEOUT, self.subscribe(&device)).await {
@@ -989,7 +1011,7 @@ impl<C: Crypto> Ctx<'_, C> {
             }
         };
         let target = v6(addr);
-        // The device's address goes into the table first: the CASE step resolves it from there.
+        // The device's address is put aside first: the CASE step resolves it from there.
         let mut device = Device {
             name: name.to_owned(),
             room,
@@ -1014,7 +1036,7 @@ impl<C: Crypto> Ctx<'_, C> {
         {
             let mut book = self.book.borrow_mut();
             book.next_node_id += 1;
-            book.devices.push(device.clone());
+            book.commissioning = Some(device.clone());
         }
         let completed = with_timeout(
             "commissioning (CASE)",
@@ -1042,23 +1064,16 @@ impl<C: Crypto> Ctx<'_, C> {
         let clusters = match clusters {
             Ok(clusters) => clusters,
             Err(e) => {
-                self.book
-                    .borrow_mut()
-                    .devices
-                    .retain(|d| d.node_id != node_id);
+                self.book.borrow_mut().commissioning = None;
                 self.book.borrow().save(self.store)?;
                 return Err(e);
             }
         };
         device.clusters = clusters;
-        if let Some(slot) = self
-            .book
-            .borrow_mut()
-            .devices
-            .iter_mut()
-            .find(|d| d.node_id == node_id)
         {
-            *slot = device.clone();
+            let mut book = self.book.borrow_mut();
+            book.commissioning = None;
+            book.devices.push(device.clone());
         }
         self.book.borrow().save(self.store)?;
         // Read its state once, so `list` shows it at once.
@@ -1151,13 +1166,7 @@ async fn resolve_from_book(matter: &Matter<'_>, book: &RefCell<Book>) -> Result<
         let MatterRemoteService::Operational { node_id, .. } = &service else {
             continue;
         };
-        let Some(addr) = book
-            .borrow()
-            .devices
-            .iter()
-            .find(|d| d.node_id == *node_id)
-            .map(|d| v6(d.addr))
-        else {
+        let Some(addr) = book.borrow().address_of(*node_id).map(v6) else {
             continue;
         };
         let mut name = heapless::String::<128>::new();
@@ -1173,5 +1182,90 @@ async fn resolve_from_book(matter: &Matter<'_>, book: &RefCell<Book>) -> Result<
             },
             &[],
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn device(name: &str, node_id: u64) -> Device {
+        Device {
+            name: name.into(),
+            room: None,
+            node_id,
+            addr: SocketAddr::from(([127, 0, 0, 1], 5540 + node_id as u16)),
+            clusters: Vec::new(),
+            on: None,
+            celsius: None,
+        }
+    }
+
+    #[test]
+    fn a_device_being_commissioned_is_resolved_but_neither_listed_nor_subscribed_to() {
+        let book = Book {
+            devices: vec![device("lamp", 1)],
+            commissioning: Some(device("porch", 2)),
+            ..Book::default()
+        };
+        assert_eq!(book.address_of(2), Some(device("porch", 2).addr));
+        assert_eq!(book.address_of(1), Some(device("lamp", 1).addr));
+        assert_eq!(book.address_of(3), None);
+        assert!(find(&book, "porch").is_none());
+        let due = book.due_for_subscription(&HashMap::new(), Instant::now());
+        assert_eq!(due.iter().map(|d| d.node_id).collect::<Vec<_>>(), [1]);
+        // Its record on disk leaves it out too.
+        let saved: Book = serde_json::from_slice(&serde_json::to_vec(&book).unwrap()).unwrap();
+        assert!(saved.commissioning.is_none() && saved.devices.len() == 1);
+    }
+
+    #[test]
+    fn a_subscription_is_set_up_again_when_its_reports_stop_or_its_back_off_ends() {
+        let book = Book {
+            devices: vec![device("a", 1), device("b", 2), device("c", 3)],
+            ..Book::default()
+        };
+        let now = Instant::now();
+        let max_int = Duration::from_secs(10);
+        let subscriptions = HashMap::from([
+            // Heard just now: not due.
+            (
+                1,
+                Subscription {
+                    max_int: Some(max_int),
+                    heard: now,
+                    retry_at: now,
+                    backoff: RETRY_FIRST,
+                },
+            ),
+            // Silent past max_int and the slack: due.
+            (
+                2,
+                Subscription {
+                    max_int: Some(max_int),
+                    heard: now - max_int - REPORT_SLACK - Duration::from_secs(1),
+                    retry_at: now,
+                    backoff: RETRY_FIRST,
+                },
+            ),
+            // Failed; its back-off runs until later: not due.
+            (
+                3,
+                Subscription {
+                    max_int: None,
+                    heard: now,
+                    retry_at: now + RETRY_FIRST,
+                    backoff: RETRY_FIRST,
+                },
+            ),
+        ]);
+        let due = |at| {
+            book.due_for_subscription(&subscriptions, at)
+                .iter()
+                .map(|d| d.node_id)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(due(now), [2]);
+        assert_eq!(due(now + RETRY_FIRST), [2, 3]);
     }
 }

@@ -208,6 +208,14 @@ async fn documents_spread_over_three_nodes_answer_queries_and_survive_a_node_lea
             .any(|h| h["text"].as_str().unwrap_or_default().contains("30 days")),
         "{outcome}"
     );
+    // Had C still looked alive and been asked, its failure sends the query to the nodes its
+    // summary beat, which hold the second copies: A and B were both asked then.
+    let asked = outcome["asked"].as_array().unwrap();
+    if asked.iter().any(|a| !a["error"].is_null()) {
+        for node in ["a", "b"] {
+            assert!(asked.iter().any(|a| a["node"] == node), "{outcome}");
+        }
+    }
     let started = std::time::Instant::now();
     kit::eventually(
         Duration::from_secs(30),

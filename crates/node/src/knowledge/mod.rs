@@ -684,31 +684,36 @@ impl Knowledge {
         let Some(best) = candidates.iter().map(|c| c.2).max_by(f32::total_cmp) else {
             return Err(KnowledgeError::Nothing(collection.map(str::to_owned)));
         };
-        let (chosen, skipped): (Vec<_>, Vec<_>) =
+        let (chosen, mut skipped): (Vec<_>, Vec<_>) =
             candidates.into_iter().partition(|c| c.2 >= best - MARGIN);
         let op = Op::Search {
             collection: collection.map(str::to_owned),
             vector: vector.clone(),
             k: k as u32,
         };
-        let asks = chosen.iter().map(|(id, name, score)| {
-            let op = &op;
-            let vector = &vector;
-            async move {
+        let ask = |nodes: Vec<(NodeId, String, f32)>| {
+            let (op, vector) = (&op, &vector);
+            futures_util::future::join_all(nodes.into_iter().map(|(id, name, score)| async move {
                 let asked_at = Instant::now();
-                let result = if *id == self.inner.mesh.id() {
+                let result = if id == self.inner.mesh.id() {
                     Ok((self.search_here(collection, vector, k), 0, 0))
                 } else {
-                    match self.call(*id, op, SEARCH_TIMEOUT).await {
+                    match self.call(id, op, SEARCH_TIMEOUT).await {
                         Ok((Reply::Hits(hits), sent, received)) => Ok((hits, sent, received)),
                         Ok(_) => Err("unexpected reply".to_owned()),
                         Err(e) => Err(e),
                     }
                 };
-                (*id, name.clone(), *score, ms(asked_at), result)
-            }
-        });
-        let answers = futures_util::future::join_all(asks).await;
+                (id, name, score, ms(asked_at), result)
+            }))
+        };
+        let mut answers = ask(chosen).await;
+        // A node that failed may have held the only copy near the question that the others
+        // asked lack: the second copy of each of its chunks lives on another node, perhaps one
+        // whose summary was further off. Ask those too.
+        if answers.iter().any(|a| a.4.is_err()) && !skipped.is_empty() {
+            answers.extend(ask(std::mem::take(&mut skipped)).await);
+        }
         let mut asked = Vec::new();
         // Every copy each node returned; a chunk found on several nodes is credited to its first
         // owner among them (rendezvous order), so the answer names where placement serves it
