@@ -246,6 +246,36 @@ pub enum AddEvent {
     },
 }
 
+/// The `k` best of the chunks the nodes returned, best first, each credited to one node that
+/// returned it: the one credited least so far, then the first in rendezvous order. Replicas share
+/// the serving, so an answer names the nodes that served it rather than whichever happens to hold
+/// the first copies of all its passages.
+fn merge_copies(copies: HashMap<ChunkId, Vec<(NodeId, Hit)>>, k: usize) -> Vec<Hit> {
+    let best = |found: &[(NodeId, Hit)]| {
+        found
+            .iter()
+            .map(|(_, hit)| hit.score)
+            .fold(f32::NEG_INFINITY, f32::max)
+    };
+    let mut chunks: Vec<(ChunkId, Vec<(NodeId, Hit)>)> = copies.into_iter().collect();
+    chunks.sort_by(|a, b| best(&b.1).total_cmp(&best(&a.1)).then(a.0.cmp(&b.0)));
+    chunks.truncate(k);
+    let mut credited: HashMap<NodeId, usize> = HashMap::new();
+    chunks
+        .into_iter()
+        .filter_map(|(chunk, mut found)| {
+            let holders: Vec<NodeId> = found.iter().map(|(id, _)| *id).collect();
+            // `min_by_key` keeps the first of equals: the rendezvous order breaks ties.
+            let pick = owners(&chunk, &holders, holders.len())
+                .into_iter()
+                .min_by_key(|id| credited.get(id).copied().unwrap_or(0))?;
+            *credited.entry(pick).or_default() += 1;
+            let at = found.iter().position(|(id, _)| *id == pick)?;
+            Some(found.swap_remove(at).1)
+        })
+        .collect()
+}
+
 /// A node asked by a query.
 #[derive(Debug, Clone, Serialize)]
 pub struct Asked {
@@ -715,9 +745,7 @@ impl Knowledge {
             answers.extend(ask(std::mem::take(&mut skipped)).await);
         }
         let mut asked = Vec::new();
-        // Every copy each node returned; a chunk found on several nodes is credited to its first
-        // owner among them (rendezvous order), so the answer names where placement serves it
-        // from rather than whichever node happened to be listed first.
+        // Every copy each node returned; see `merge_copies` for which node a chunk is credited to.
         let mut copies: HashMap<ChunkId, Vec<(NodeId, Hit)>> = HashMap::new();
         let (mut bytes_out, mut bytes_in) = (0, 0);
         for (id, node, relevance, took, result) in answers {
@@ -758,17 +786,7 @@ impl Knowledge {
                 .collect();
             return Err(KnowledgeError::AllFailed(errors.join("; ")));
         }
-        let mut hits: Vec<Hit> = copies
-            .into_iter()
-            .filter_map(|(chunk, mut found)| {
-                let holders: Vec<NodeId> = found.iter().map(|(id, _)| *id).collect();
-                let first = owners(&chunk, &holders, 1).first().copied();
-                let at = found.iter().position(|(id, _)| Some(*id) == first)?;
-                Some(found.swap_remove(at).1)
-            })
-            .collect();
-        hits.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.id.cmp(&b.id)));
-        hits.truncate(k);
+        let hits = merge_copies(copies, k);
         for hit in &hits {
             if let Some(a) = asked.iter_mut().find(|a| a.node == hit.node) {
                 a.used += 1;
@@ -1253,5 +1271,57 @@ impl crate::service::GossipService for Knowledge {
                 message,
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hit(chunk: u8, score: f32, node: &str) -> Hit {
+        Hit {
+            id: [chunk; 16],
+            collection: "home".into(),
+            document: "policy.md".into(),
+            index: u32::from(chunk),
+            heading: String::new(),
+            text: format!("passage {chunk}"),
+            score,
+            node: node.into(),
+        }
+    }
+
+    #[test]
+    fn replicas_share_the_credit_and_the_best_chunks_come_first() {
+        let (a, b, c) = (
+            NodeId::from_bytes([1; 32]),
+            NodeId::from_bytes([2; 32]),
+            NodeId::from_bytes([3; 32]),
+        );
+        let mut copies: HashMap<ChunkId, Vec<(NodeId, Hit)>> = HashMap::new();
+        // Six chunks, each held by a and b; a seventh only by c, the weakest.
+        for chunk in 0..6u8 {
+            let score = 0.9 - f32::from(chunk) / 100.0;
+            for (id, name) in [(a, "a"), (b, "b")] {
+                copies
+                    .entry([chunk; 16])
+                    .or_default()
+                    .push((id, hit(chunk, score, name)));
+            }
+        }
+        copies.insert([9; 16], vec![(c, hit(9, 0.1, "c"))]);
+
+        let merged = merge_copies(copies.clone(), 5);
+        let chunks: Vec<u8> = merged.iter().map(|h| h.id[0]).collect();
+        assert_eq!(chunks, [0, 1, 2, 3, 4], "the five best, best first");
+        let count = |node: &str| merged.iter().filter(|h| h.node == node).count();
+        // Two holders of every chunk: neither serves all five, the credit alternates.
+        assert_eq!(count("a") + count("b"), 5);
+        assert!(count("a") >= 2 && count("b") >= 2, "{merged:?}");
+
+        // Asked for more, the chunk only c holds is credited to c.
+        let merged = merge_copies(copies, 50);
+        assert_eq!(merged.len(), 7);
+        assert_eq!(merged.last().map(|h| h.node.as_str()), Some("c"));
     }
 }
