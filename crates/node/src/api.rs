@@ -62,6 +62,16 @@ pub struct ApiError {
     pub(crate) message: String,
 }
 
+impl ApiError {
+    pub(crate) fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ErrorBody {
     pub error: String,
@@ -101,11 +111,7 @@ impl From<BodyError> for ApiError {
             BodyError::Agent(_) => (StatusCode::BAD_REQUEST, "invalid_agent"),
             _ => (StatusCode::BAD_REQUEST, "invalid"),
         };
-        Self {
-            status,
-            kind,
-            message: error.to_string(),
-        }
+        Self::new(status, kind, error.to_string())
     }
 }
 
@@ -136,11 +142,7 @@ impl From<MeshError> for ApiError {
             MeshError::Stopped => (StatusCode::SERVICE_UNAVAILABLE, "stopping"),
             _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
-        Self {
-            status,
-            kind,
-            message: error.to_string(),
-        }
+        Self::new(status, kind, error.to_string())
     }
 }
 
@@ -158,20 +160,16 @@ impl From<TrustError> for ApiError {
             | TrustError::BadTarget(_) => (StatusCode::BAD_REQUEST, "invalid"),
             _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
-        Self {
-            status,
-            kind,
-            message: error.to_string(),
-        }
+        Self::new(status, kind, error.to_string())
     }
 }
 
 fn trust(state: &ApiState) -> Result<&TrustService, ApiError> {
-    state.trust.as_ref().ok_or(ApiError {
-        status: StatusCode::SERVICE_UNAVAILABLE,
-        kind: "no_trust",
-        message: "this node runs without a trust layer".into(),
-    })
+    state.trust.as_ref().ok_or(ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "no_trust",
+        "this node runs without a trust layer",
+    ))
 }
 
 /// Answer of `POST /v1/mesh/invite` and `POST /v1/tokens`.
@@ -399,19 +397,19 @@ async fn revoke(
 }
 
 fn intents(state: &ApiState) -> Result<&crate::intent::Intents, ApiError> {
-    state.intents.as_ref().ok_or(ApiError {
-        status: StatusCode::SERVICE_UNAVAILABLE,
-        kind: "no_router",
-        message: "this node runs without the intent router".into(),
-    })
+    state.intents.as_ref().ok_or(ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "no_router",
+        "this node runs without the intent router",
+    ))
 }
 
 fn tools(state: &ApiState) -> Result<&crate::tools::Tools, ApiError> {
-    state.tools.as_ref().ok_or(ApiError {
-        status: StatusCode::SERVICE_UNAVAILABLE,
-        kind: "no_tools",
-        message: "this node runs without the tool service".into(),
-    })
+    state.tools.as_ref().ok_or(ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "no_tools",
+        "this node runs without the tool service",
+    ))
 }
 
 impl From<crate::tools::ToolError> for ApiError {
@@ -426,11 +424,7 @@ impl From<crate::tools::ToolError> for ApiError {
             ToolError::AllFailed { .. } => (StatusCode::BAD_GATEWAY, "all_failed"),
             _ => (StatusCode::INTERNAL_SERVER_ERROR, "tool_failed"),
         };
-        Self {
-            status,
-            kind,
-            message: error.to_string(),
-        }
+        Self::new(status, kind, error.to_string())
     }
 }
 
@@ -456,11 +450,11 @@ async fn tools_call(
 }
 
 fn agents(state: &ApiState) -> Result<&crate::agents::Agents, ApiError> {
-    state.agents.as_ref().ok_or(ApiError {
-        status: StatusCode::SERVICE_UNAVAILABLE,
-        kind: "no_agents",
-        message: "this node runs without the agent service".into(),
-    })
+    state.agents.as_ref().ok_or(ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "no_agents",
+        "this node runs without the agent service",
+    ))
 }
 
 impl From<crate::agents::AgentError> for ApiError {
@@ -474,11 +468,7 @@ impl From<crate::agents::AgentError> for ApiError {
             AgentError::Mesh(_) | AgentError::Remote { .. } => (StatusCode::BAD_GATEWAY, "remote"),
             _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
-        Self {
-            status,
-            kind,
-            message: error.to_string(),
-        }
+        Self::new(status, kind, error.to_string())
     }
 }
 
@@ -572,11 +562,11 @@ impl From<atmosphere_auth::ConfigDoc> for ConfigVersion {
 }
 
 fn configs(state: &ApiState) -> Result<&crate::configsync::ConfigSync, ApiError> {
-    state.configs.as_ref().ok_or(ApiError {
-        status: StatusCode::SERVICE_UNAVAILABLE,
-        kind: "no_config_sync",
-        message: "this node runs without config sync".into(),
-    })
+    state.configs.as_ref().ok_or(ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "no_config_sync",
+        "this node runs without config sync",
+    ))
 }
 
 async fn configs_list(
@@ -617,11 +607,7 @@ async fn configs_push(
                 SyncError::Refused(_) => (StatusCode::FORBIDDEN, "refused"),
                 _ => (StatusCode::BAD_GATEWAY, "peer_error"),
             };
-            Err(ApiError {
-                status,
-                kind,
-                message: error.to_string(),
-            })
+            Err(ApiError::new(status, kind, error.to_string()))
         }
     }
 }
@@ -775,11 +761,11 @@ mod tests {
 }
 
 fn packages(state: &ApiState) -> Result<&crate::packages::Packages, ApiError> {
-    state.packages.as_ref().ok_or(ApiError {
-        status: StatusCode::SERVICE_UNAVAILABLE,
-        kind: "no_packages",
-        message: "this node runs without the package service".into(),
-    })
+    state.packages.as_ref().ok_or(ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "no_packages",
+        "this node runs without the package service",
+    ))
 }
 
 impl From<crate::packages::PackagesError> for ApiError {
@@ -794,11 +780,7 @@ impl From<crate::packages::PackagesError> for ApiError {
             E::Package(_) | E::Load(_) => (StatusCode::UNPROCESSABLE_ENTITY, "bad_package"),
             _ => (StatusCode::BAD_GATEWAY, "transfer_failed"),
         };
-        Self {
-            status,
-            kind,
-            message: error.to_string(),
-        }
+        Self::new(status, kind, error.to_string())
     }
 }
 
@@ -905,20 +887,16 @@ impl From<atmosphere_matter::MatterError> for ApiError {
             E::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "device_timeout"),
             _ => (StatusCode::BAD_GATEWAY, "matter_failed"),
         };
-        Self {
-            status,
-            kind,
-            message: error.to_string(),
-        }
+        Self::new(status, kind, error.to_string())
     }
 }
 
 fn knowledge(state: &ApiState) -> Result<&crate::knowledge::Knowledge, ApiError> {
-    state.knowledge.as_ref().ok_or(ApiError {
-        status: StatusCode::SERVICE_UNAVAILABLE,
-        kind: "no_knowledge",
-        message: "this node runs without the knowledge service".into(),
-    })
+    state.knowledge.as_ref().ok_or(ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "no_knowledge",
+        "this node runs without the knowledge service",
+    ))
 }
 
 impl From<crate::knowledge::KnowledgeError> for ApiError {
@@ -932,11 +910,7 @@ impl From<crate::knowledge::KnowledgeError> for ApiError {
             E::Nothing(_) => (StatusCode::NOT_FOUND, "no_knowledge"),
             _ => (StatusCode::BAD_GATEWAY, "knowledge_failed"),
         };
-        Self {
-            status,
-            kind,
-            message: error.to_string(),
-        }
+        Self::new(status, kind, error.to_string())
     }
 }
 

@@ -23,11 +23,7 @@ impl From<ModelError> for ApiError {
             }
             _ => (StatusCode::SERVICE_UNAVAILABLE, "model_unavailable"),
         };
-        Self {
-            status,
-            kind,
-            message: error.to_string(),
-        }
+        Self::new(status, kind, error.to_string())
     }
 }
 
@@ -81,11 +77,7 @@ pub struct Usage {
 }
 
 pub(crate) fn bad_request(message: impl Into<String>) -> ApiError {
-    ApiError {
-        status: StatusCode::BAD_REQUEST,
-        kind: "invalid_request",
-        message: message.into(),
-    }
+    ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", message.into())
 }
 
 /// Where a chat request runs: the node's own model or a model server it fronts.
@@ -104,11 +96,11 @@ struct Finished {
 
 impl From<atmosphere_backends::adapters::AdapterError> for ApiError {
     fn from(error: atmosphere_backends::adapters::AdapterError) -> Self {
-        Self {
-            status: StatusCode::BAD_GATEWAY,
-            kind: "model_server_failed",
-            message: error.to_string(),
-        }
+        Self::new(
+            StatusCode::BAD_GATEWAY,
+            "model_server_failed",
+            error.to_string(),
+        )
     }
 }
 
@@ -327,11 +319,11 @@ async fn through_the_mesh(
         _ => intents.run(&intent).await?,
     };
     let Some(result) = outcome.result else {
-        return Err(ApiError {
-            status: StatusCode::BAD_GATEWAY,
-            kind: "no_result",
-            message: "the mesh returned no result".into(),
-        });
+        return Err(ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "no_result",
+            "the mesh returned no result",
+        ));
     };
     let hops = outcome.path.len().saturating_sub(1);
     let route = format!(
@@ -388,11 +380,7 @@ impl From<crate::intent::IntentError> for ApiError {
             IntentError::AllFailed(_) => (StatusCode::BAD_GATEWAY, "all_failed"),
             _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
-        Self {
-            status,
-            kind,
-            message: error.to_string(),
-        }
+        Self::new(status, kind, error.to_string())
     }
 }
 
